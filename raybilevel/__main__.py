@@ -1,0 +1,5 @@
+import sys
+
+from raybilevel.cli import main
+
+sys.exit(main())

@@ -1,0 +1,132 @@
+"""`raybilevel train | prune | eval | toy`. Bad input exits 2 with one line naming the field and the fix."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from raybilevel.errors import UserError
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file (defaults: the embedded toy world)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config value, e.g. --set solver.K=5 (repeatable)")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+
+
+def _load(args: argparse.Namespace):
+    from raybilevel.config import dump_config, load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.dry_run:
+        print(dump_config(cfg), end="")
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if args.dry_run:
+        return 0
+    import torch
+
+    from raybilevel.train import train
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        torch.set_num_threads(1)  # several processes on few cores: more threads made steps 60-300x slower
+    metrics = train(cfg, Path(args.output))
+    if metrics:
+        print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if args.dry_run:
+        return 0
+    from raybilevel.pruning import prune, save_student
+    from raybilevel.worlds import build_world
+
+    world = build_world(cfg.world, cfg.seed)
+    student = prune(cfg.pruning.method, world.teacher, sparsity=cfg.pruning.sparsity, seed=cfg.seed, path=cfg.pruning.path)
+    save_student(student, Path(args.output))
+    print(json.dumps(student.description.get("stats", {}), indent=2))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if args.dry_run:
+        return 0
+    from raybilevel.engine import write_json_atomic
+    from raybilevel.evaluate import evaluate
+    from raybilevel.pruning import load_student
+    from raybilevel.worlds import build_world
+
+    world = build_world(cfg.world, cfg.seed)
+    unet = world.teacher if args.student == "teacher" else load_student(Path(args.student)).model
+    metrics = evaluate(world, unet, cfg.eval)
+    if args.output:
+        write_json_atomic(Path(args.output), metrics)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_toy(args: argparse.Namespace) -> int:
+    from raybilevel.worlds.toy import build
+
+    if args.action == "build":
+        report = build.build(Path(args.output) if args.output else build.ASSETS, seed=args.seed,
+                             teacher_steps=args.teacher_steps, judge_only=args.judge_only)
+        print(json.dumps(report, indent=2))
+        return 0
+    from raybilevel.worlds.toy.inspect import inspect_world
+
+    print(json.dumps(inspect_world(Path(args.output or "toy_inspect"), n_samples=args.n_samples), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raybilevel", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="fine-tune a pruned student and erase a concept")
+    _config_args(train)
+    train.add_argument("--output", default="runs/default", help="run directory (resumes if it holds this run)")
+    train.set_defaults(func=cmd_train)
+
+    prune = sub.add_parser("prune", help="prune the world's teacher and save the student")
+    _config_args(prune)
+    prune.add_argument("--output", default="student", help="folder for the pruned student")
+    prune.set_defaults(func=cmd_prune)
+
+    evaluate = sub.add_parser("eval", help="evaluate a saved student (or the teacher) with the world's judges")
+    _config_args(evaluate)
+    evaluate.add_argument("--student", required=True, help="student folder, or 'teacher'")
+    evaluate.add_argument("--output", help="write the metrics here as JSON")
+    evaluate.set_defaults(func=cmd_eval)
+
+    toy = sub.add_parser("toy", help="build or inspect the embedded toy world")
+    toy.add_argument("action", choices=["build", "inspect"])
+    toy.add_argument("--output", help="build: assets folder (default: the package's); inspect: report folder")
+    toy.add_argument("--seed", type=int, default=0)
+    toy.add_argument("--teacher-steps", type=int, default=3000)
+    toy.add_argument("--judge-only", action="store_true", help="rebuild only the judge")
+    toy.add_argument("--n-samples", type=int, default=256, help="inspect: teacher samples per prompt group")
+    toy.set_defaults(func=cmd_toy)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as error:
+        print(f"raybilevel: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

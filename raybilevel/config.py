@@ -1,0 +1,402 @@
+"""The typed config tree: YAML + `--set key=value` overrides, validated with one-line errors.
+
+A run is fully described by its resolved config (saved as `config.yaml` in the run directory). Names of
+pruning methods, unlearning losses and solvers are checked against their registries when the run is
+built (raybilevel/build.py), so that adding one needs no edit here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raybilevel.errors import ConfigError
+
+
+def _check(ok: bool, path: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(path, message)
+
+
+@dataclass
+class DatasetConfig:
+    """Fine-tuning data for a diffusers world.
+
+    Args:
+        kind: "imagefolder" (a folder with images and metadata.jsonl), "hf" (a datasets name or saved
+            path), or "coco" (a COCO 2017 layout: images folder + captions_*.json).
+        path: folder, dataset name, or COCO root.
+        split: dataset split to read.
+        image_column / caption_column: column names for "hf" and "imagefolder".
+        captions_file: COCO captions json, relative to `path` (for "coco").
+        max_samples: keep at most this many rows (0 = all).
+        cache_latents: encode every image through the VAE once and keep the latents.
+    """
+
+    kind: str = "imagefolder"
+    path: str = ""
+    split: str = "train"
+    image_column: str = "image"
+    caption_column: str = "text"
+    captions_file: str = "annotations/captions_train2017.json"
+    max_samples: int = 0
+    cache_latents: bool = True
+
+    def validate(self, path: str) -> None:
+        _check(self.kind in ("imagefolder", "hf", "coco"), f"{path}.kind",
+               f"{self.kind!r} is not a dataset kind; use imagefolder, hf or coco")
+        _check(self.max_samples >= 0, f"{path}.max_samples", "must be >= 0 (0 keeps all rows)")
+
+
+@dataclass
+class WorldConfig:
+    """Where the teacher, data, concept and judges come from.
+
+    Args:
+        kind: "toy" (the embedded world, the default) or "diffusers" (an SD 1.x/2.x folder or hub id).
+        concept: the concept to erase. Toy: an attribute value such as "striped" or "cross".
+            Diffusers: a label for the concept whose prompts are in `concept_prompts`.
+        toy_images: size of the toy fine-tuning set (it never holds the concept).
+        pretrained: diffusers folder or hub id of the teacher pipeline (diffusers worlds).
+        dataset: fine-tuning data (diffusers worlds).
+        concept_prompts: a .txt (one prompt per line) or .csv (column `prompt`, optional `anchor`) file.
+        anchor_prompt: anchor used where a concept prompt has none ("" = the empty prompt).
+        concept_images: a folder of concept images; empty = sample them from the teacher.
+        n_concept_images: how many teacher samples to draw (and cache) for the upper level.
+        resolution: image size for diffusers data and sampling (0 = the UNet's native size).
+        sampling_steps / guidance: the world's sampler settings for concept images and evaluation
+            (0 = the world's own defaults).
+    """
+
+    kind: str = "toy"
+    concept: str = "striped"
+    toy_images: int = 8000
+    pretrained: str = ""
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    concept_prompts: str = ""
+    anchor_prompt: str = ""
+    concept_images: str = ""
+    n_concept_images: int = 128
+    resolution: int = 0
+    sampling_steps: int = 0
+    guidance: float = 0.0
+
+    def validate(self, path: str) -> None:
+        _check(self.kind in ("toy", "diffusers"), f"{path}.kind", f"{self.kind!r} is not a world; use toy or diffusers")
+        _check(bool(self.concept), f"{path}.concept", "name the concept to erase")
+        _check(self.toy_images >= 64, f"{path}.toy_images", "must be >= 64")
+        _check(self.n_concept_images >= 1, f"{path}.n_concept_images", "must be >= 1")
+        _check(self.sampling_steps >= 0 and self.guidance >= 0, f"{path}.sampling_steps",
+               "sampling_steps and guidance must be >= 0")
+        if self.kind == "diffusers":
+            _check(bool(self.pretrained), f"{path}.pretrained", "set a diffusers folder or hub id for the teacher")
+            _check(bool(self.dataset.path), f"{path}.dataset.path", "set the fine-tuning dataset")
+            _check(bool(self.concept_prompts), f"{path}.concept_prompts", "set a .txt or .csv file of concept prompts")
+        self.dataset.validate(f"{path}.dataset")
+
+
+@dataclass
+class PruningConfig:
+    """How the student is made from the teacher.
+
+    Args:
+        method: a registered pruning method: magnitude, channels, blocks, load, none.
+        sparsity: fraction of weights (magnitude) or channels (channels) to remove, in [0, 1).
+        path: a saved pruned student (method "load").
+    """
+
+    method: str = "channels"
+    sparsity: float = 0.5
+    path: str = ""
+
+    def validate(self, path: str) -> None:
+        _check(0.0 <= self.sparsity < 1.0, f"{path}.sparsity", f"{self.sparsity} is out of range; use 0 <= sparsity < 1")
+        _check(self.method != "load" or bool(self.path), f"{path}.path", "method 'load' needs the student folder in path")
+
+
+@dataclass
+class LowerConfig:
+    """Lower level: restore quality. L_ft = w_diff L_diff + w_out L_outKD + w_feat L_featKD.
+
+    Args:
+        w_diff / w_out / w_feat: loss weights (reference: DDPM 1/0/0, distillation 0/2/0.1, both 1/2/0.1).
+        taps: feature-KD taps: "down" (every down block), "mid", "up" (every up block), or "down.0" etc.
+        min_snr_gamma: Min-SNR-gamma weighting of L_diff (0 = off; 5 in the reference runs).
+        caption_drop: share of captions replaced by the empty prompt (keeps guidance working).
+        lr: learning rate of lower steps. batch_size: per process, per micro-step.
+    """
+
+    w_diff: float = 1.0
+    w_out: float = 2.0
+    w_feat: float = 0.1
+    taps: list[str] = field(default_factory=lambda: ["down", "mid", "up"])
+    min_snr_gamma: float = 0.0
+    caption_drop: float = 0.1
+    lr: float = 5e-4
+    batch_size: int = 32
+
+    def validate(self, path: str) -> None:
+        for name in ("w_diff", "w_out", "w_feat", "min_snr_gamma"):
+            _check(getattr(self, name) >= 0, f"{path}.{name}", "must be >= 0")
+        _check(self.w_diff + self.w_out + self.w_feat > 0, f"{path}.w_diff", "at least one lower-level weight must be > 0")
+        _check(0 <= self.caption_drop < 1, f"{path}.caption_drop", "must be in [0, 1)")
+        _check(self.lr > 0, f"{path}.lr", "must be > 0")
+        _check(self.batch_size >= 1, f"{path}.batch_size", "must be >= 1")
+        for tap in self.taps:
+            _check(tap.split(".")[0] in ("down", "mid", "up"), f"{path}.taps", f"{tap!r} is not a tap; use down, mid, up or down.N / up.N")
+
+
+@dataclass
+class UpperConfig:
+    """Upper level: suppress the concept.
+
+    Args:
+        method: a registered unlearning loss: esd_x, esd_u, esd (all parameters), ablation.
+        eta: ESD negative-guidance strength.
+        anchor: "empty" (the empty prompt, ESD's default) or "neighbour" (the concept's anchor prompt).
+        preservation_weight: weight of a term keeping the teacher's outputs on unrelated prompts (0 = off).
+        lr: learning rate of upper steps. batch_size: per process.
+    """
+
+    method: str = "esd_x"
+    eta: float = 1.0
+    anchor: str = "neighbour"
+    preservation_weight: float = 0.0
+    lr: float = 1e-4
+    batch_size: int = 16
+
+    def validate(self, path: str) -> None:
+        _check(self.eta >= 0, f"{path}.eta", "must be >= 0")
+        _check(self.anchor in ("empty", "neighbour"), f"{path}.anchor", f"{self.anchor!r}: use empty or neighbour")
+        _check(self.preservation_weight >= 0, f"{path}.preservation_weight", "must be >= 0")
+        _check(self.lr > 0, f"{path}.lr", "must be > 0")
+        _check(self.batch_size >= 1, f"{path}.batch_size", "must be >= 1")
+
+
+@dataclass
+class SolverConfig:
+    """Which parameters step on which loss, when.
+
+    Args:
+        name: penalty, alternating, adaptive, distill_only, two_stage, joint.
+        K: lower steps per upper step (alternating), inner steps per outer step (penalty, adaptive).
+        lam: penalty weight lambda (penalty; the start value for adaptive).
+        mu: weight of L_cu in the joint baseline's sum.
+        erase_fraction: share of the step budget two_stage spends erasing (after distilling).
+        gap_tolerance / lam_rate / lam_max: adaptive solver: lambda grows while the relative value gap
+            exceeds gap_tolerance, by exp(lam_rate * excess) per outer step, up to lam_max.
+        warmup_steps: linear learning-rate warm-up of every optimizer.
+    """
+
+    name: str = "alternating"
+    K: int = 10
+    lam: float = 100.0
+    mu: float = 0.1
+    erase_fraction: float = 0.1
+    gap_tolerance: float = 0.05
+    lam_rate: float = 0.5
+    lam_max: float = 1e4
+    warmup_steps: int = 0
+
+    def validate(self, path: str) -> None:
+        _check(self.K >= 1, f"{path}.K", f"K={self.K} is invalid; use an integer >= 1")
+        _check(self.lam >= 0, f"{path}.lam", f"lam={self.lam} is negative; use lam >= 0")
+        _check(self.mu >= 0, f"{path}.mu", "must be >= 0")
+        _check(0 < self.erase_fraction < 1, f"{path}.erase_fraction", "must be in (0, 1)")
+        _check(self.gap_tolerance >= 0 and self.lam_rate >= 0, f"{path}.gap_tolerance", "gap_tolerance and lam_rate must be >= 0")
+        _check(self.lam_max >= self.lam, f"{path}.lam_max", "must be >= lam")
+        _check(self.warmup_steps >= 0, f"{path}.warmup_steps", "must be >= 0")
+
+
+@dataclass
+class EngineConfig:
+    """DeepSpeed settings.
+
+    Args:
+        zero_stage: ZeRO stage 0-3. precision: fp32 or bf16. grad_accum: micro-steps per optimizer step.
+        grad_clip: gradient-norm clip (0 = off).
+    """
+
+    zero_stage: int = 0
+    precision: str = "fp32"
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+
+    def validate(self, path: str) -> None:
+        _check(self.zero_stage in (0, 1, 2, 3), f"{path}.zero_stage", f"{self.zero_stage} is not a ZeRO stage; use 0, 1, 2 or 3")
+        _check(self.precision in ("fp32", "bf16"), f"{path}.precision", f"{self.precision!r}: use fp32 or bf16")
+        _check(self.grad_accum >= 1, f"{path}.grad_accum", "must be >= 1")
+        _check(self.grad_clip >= 0, f"{path}.grad_clip", "must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """The step loop. steps counts solver iterations (one lower step each; see the solver's budget).
+
+    Args:
+        steps: solver iterations. log_every: scalar logging period. checkpoint_every: 0 = only at the end.
+        sample_every: sample-grid period for TensorBoard (0 = off). keep_checkpoints: how many to keep.
+    """
+
+    steps: int = 800
+    log_every: int = 10
+    checkpoint_every: int = 200
+    sample_every: int = 0
+    keep_checkpoints: int = 2
+
+    def validate(self, path: str) -> None:
+        _check(self.steps >= 1, f"{path}.steps", "must be >= 1")
+        _check(self.log_every >= 1, f"{path}.log_every", "must be >= 1")
+        _check(self.checkpoint_every >= 0 and self.sample_every >= 0, f"{path}.checkpoint_every", "must be >= 0")
+        _check(self.keep_checkpoints >= 1, f"{path}.keep_checkpoints", "must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation after training (and `raybilevel eval`).
+
+    Args:
+        n_samples: images per prompt group (concept, unrelated, paraphrase). seed: sampling seed.
+        enabled: evaluate at the end of `train`.
+    """
+
+    n_samples: int = 256
+    seed: int = 1234
+    enabled: bool = True
+
+    def validate(self, path: str) -> None:
+        _check(self.n_samples >= 1, f"{path}.n_samples", "must be >= 1")
+
+
+@dataclass
+class Config:
+    """A whole run. `deterministic` turns on torch's deterministic algorithms for loss-exact resume."""
+
+    seed: int = 0
+    deterministic: bool = False
+    world: WorldConfig = field(default_factory=WorldConfig)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    lower: LowerConfig = field(default_factory=LowerConfig)
+    upper: UpperConfig = field(default_factory=UpperConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> "Config":
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if hasattr(value, "validate"):
+                value.validate(f.name)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, annotation: Any, path: str) -> Any:
+    """Check a YAML value against a field's type; ints are accepted where floats are expected."""
+    if dataclasses.is_dataclass(annotation):
+        _check(isinstance(value, dict), path, f"expected a mapping, got {type(value).__name__}")
+        return _from_dict(annotation, value, path)
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple):
+        _check(isinstance(value, (list, tuple)), path, f"expected a list, got {value!r}")
+        (item_type, *_) = typing.get_args(annotation) or (Any,)
+        return [_coerce(v, item_type, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return _coerce(value, option, path)
+            except ConfigError:
+                continue
+        raise ConfigError(path, f"{value!r} does not fit {annotation}")
+    if annotation is bool:
+        _check(isinstance(value, bool), path, f"expected true or false, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), path, f"expected a number, got {value!r}")
+        return float(value)
+    if annotation is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), path, f"expected an integer, got {value!r}")
+        return value
+    if annotation is str:
+        _check(isinstance(value, (str, int, float)) and not isinstance(value, bool), path, f"expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else str(key)
+        if key not in names:
+            by_lower = {n.lower(): n for n in names}
+            close = difflib.get_close_matches(str(key).lower(), list(by_lower), n=1)
+            hint = f"did you mean '{by_lower[close[0]]}'?" if close else f"known keys: {', '.join(names)}"
+            raise ConfigError(where, f"unknown key; {hint}")
+        kwargs[key] = _coerce(value, hints[key], where)
+    return cls(**kwargs)
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(dotted, f"'{part}' is not a section")
+    node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(text, "overrides look like key.path=value, e.g. --set solver.K=5")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults <- YAML file <- `key=value` overrides, then validated."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError("--config", f"no file at {path}; pass an existing YAML file")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark else ""
+            raise ConfigError(str(path), f"malformed YAML{where}; fix the syntax") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(str(path), "the top level must be a mapping of sections")
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_path(tree, key, value)
+    return config_from_dict(tree)
+
+
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    return _from_dict(Config, tree).validate()
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,163 @@
+"""DeepSpeed under the solvers: process group, one engine per parameter set, atomic checkpoints.
+
+Works with one process (no launcher: the rendezvous variables are set here), with N processes under
+torchrun / the deepspeed launcher, and inside Ray Train workers (which own the process group already).
+The frozen teacher never enters an engine, so ZeRO-3 partitions only the trainable student.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from raybilevel.config import EngineConfig
+from raybilevel.errors import UserError
+from raybilevel.solvers.optim import BilevelAdamW
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> DistInfo:
+    """Join (or create, for a single process) the process group DeepSpeed will use."""
+    import deepspeed
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:  # a lone process: without these DeepSpeed looks for MPI
+            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                              MASTER_PORT=str(_free_port()))
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def deepspeed_config(cfg: EngineConfig, micro_batch: int) -> dict[str, Any]:
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": cfg.precision == "bf16"},
+        "zero_allow_untested_optimizer": True,  # BilevelAdamW is a plain torch optimizer
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+class DeepSpeedTrainable:
+    """One parameter set on one DeepSpeed engine; `step(level, lr)` picks BilevelAdamW's state."""
+
+    def __init__(self, name: str, module: torch.nn.Module, param_groups: list[dict[str, Any]],
+                 ds_config: dict[str, Any], weight_decay: float,
+                 after_step: Callable[[torch.nn.Module], None] | None = None) -> None:
+        import deepspeed
+
+        self.name = name
+        self.optimizer = BilevelAdamW(param_groups, weight_decay=weight_decay)
+        self.engine, *_ = deepspeed.initialize(model=module, optimizer=self.optimizer, config=ds_config,
+                                               dist_init_required=False)
+        self.module = self.engine.module
+        self.dtype = torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float32
+        self.after_step = after_step
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        device = self.engine.device
+        return self.engine(x_t.to(device, self.dtype), t.to(device), cond.to(device, self.dtype)).sample.float()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self, level: str, lr: float) -> None:
+        self.optimizer.level = level
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.engine.step()
+        if self.after_step is not None and self.engine.is_gradient_accumulation_boundary():
+            self.after_step(self.module)
+
+    def save(self, folder: Path) -> None:
+        self.engine.save_checkpoint(str(folder), tag=self.name)
+
+    def load(self, folder: Path) -> None:
+        path, _ = self.engine.load_checkpoint(str(folder), tag=self.name)
+        if path is None:
+            raise UserError(f"checkpoint {folder} holds no state for '{self.name}'; it is incomplete or from another solver")
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+CHECKPOINT_PREFIX = "step_"
+
+
+def checkpoint_dirs(root: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (a half-written one still carries the .tmp suffix)."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+             and not p.name.endswith(".tmp") and (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
+def save_checkpoint(root: Path, step: int, trainables: dict[str, DeepSpeedTrainable], state: dict[str, Any],
+                    dist_info: DistInfo, keep: int) -> Path:
+    """Every rank writes its shards into step_N.tmp; rank 0 adds state.json and renames it in one move,
+    so a kill at any moment leaves the previous checkpoint intact and no torn one that looks complete."""
+    final = root / f"{CHECKPOINT_PREFIX}{step:08d}"
+    tmp = final.with_name(final.name + ".tmp")
+    if dist_info.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    for trainable in trainables.values():
+        trainable.save(tmp)
+    barrier()
+    if dist_info.is_main:
+        write_json_atomic(tmp / "state.json", state | {"step": step})
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in checkpoint_dirs(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier()
+    return final
+
+
+def load_checkpoint(folder: Path, trainables: dict[str, DeepSpeedTrainable]) -> dict[str, Any]:
+    try:
+        state = json.loads((folder / "state.json").read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserError(f"checkpoint {folder} is unreadable ({error.__class__.__name__}); delete it to resume from the one before") from None
+    for trainable in trainables.values():
+        trainable.load(folder)
+    return state

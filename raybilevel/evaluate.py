@@ -1,0 +1,29 @@
+"""Evaluation of a student with its world's judges -> the metrics that land in metrics.json."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from raybilevel.config import EvalConfig
+from raybilevel.worlds.base import World
+
+
+def evaluate(world: World, unet: torch.nn.Module, cfg: EvalConfig) -> dict[str, Any]:
+    unet = unet.float().eval()
+    metrics = world.evaluator(unet, n_samples=cfg.n_samples, seed=cfg.seed)
+    missing = {"quality", "concept_rate"} - set(metrics)
+    if missing:
+        raise RuntimeError(f"the {world.name} evaluator did not report {sorted(missing)}")
+    return metrics
+
+
+def image_grid(images: torch.Tensor, columns: int = 8) -> torch.Tensor:
+    """(N, 3, H, W) in [-1, 1] -> one (3, rows*H, columns*W) image in [0, 1], for TensorBoard."""
+    n, c, h, w = images.shape
+    rows = -(-n // columns)
+    grid = torch.ones(c, rows * h, columns * w)
+    for i, image in enumerate(images):
+        r, col = divmod(i, columns)
+        grid[:, r * h:(r + 1) * h, col * w:(col + 1) * w] = (image.float() + 1) / 2
+    return grid.clamp(0, 1)

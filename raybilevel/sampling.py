@@ -1,0 +1,39 @@
+"""DDIM sampling with classifier-free guidance, for pixel-space (toy) and latent (SD) worlds."""
+from __future__ import annotations
+
+import torch
+
+
+@torch.no_grad()
+def sample(unet, scheduler_config: dict, prompt_embeds: torch.Tensor, empty_embed: torch.Tensor, *,
+           steps: int, guidance: float, generator: torch.Generator, sample_shape: tuple[int, int, int],
+           vae=None, batch_size: int = 256) -> torch.Tensor:
+    """Images in [-1, 1], shape (N, 3, H, W), one per row of `prompt_embeds`.
+
+    `sample_shape` is the (C, H, W) the UNet denoises (latent shape when a VAE is given). Noise is drawn
+    from `generator` on the CPU so that results do not depend on the device.
+    """
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(scheduler_config)
+    scheduler.set_timesteps(steps)
+    device = next(unet.parameters()).device
+    dtype = next(unet.parameters()).dtype
+    was_training = unet.training
+    unet.eval()
+    out = []
+    for start in range(0, prompt_embeds.shape[0], batch_size):
+        cond = prompt_embeds[start:start + batch_size].to(device, dtype)
+        n = cond.shape[0]
+        uncond = empty_embed.to(device, dtype).expand(n, -1, -1)
+        x = torch.randn((n, *sample_shape), generator=generator).to(device, dtype) * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            model_in = scheduler.scale_model_input(torch.cat([x, x]), t)
+            eps_uncond, eps_cond = unet(model_in, t, torch.cat([uncond, cond])).sample.chunk(2)
+            guided = eps_uncond + guidance * (eps_cond - eps_uncond)
+            x = scheduler.step(guided, t, x).prev_sample
+        if vae is not None:
+            x = vae.decode(x / vae.config.scaling_factor).sample
+        out.append(x.float().clamp(-1, 1).cpu())
+    unet.train(was_training)
+    return torch.cat(out)

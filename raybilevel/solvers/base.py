@@ -1,0 +1,144 @@
+"""What a solver is: it owns its trainables (one per parameter set), decides which loss steps which
+parameters when, keeps its own state, and counts what it spends.
+
+The engine layer supplies `Trainable`s (DeepSpeed engines behind a small interface), so solvers stay
+free of DeepSpeed and can be read as the method's pseudo-code.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Protocol
+
+import torch
+
+from raybilevel.config import SolverConfig
+from raybilevel.losses import FineTuneLoss, LowerBatch
+from raybilevel.solvers.data import EpochSampler
+from raybilevel.unlearning import UnlearningLoss
+
+
+class Trainable(Protocol):
+    module: torch.nn.Module
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor: ...
+
+    def backward(self, loss: torch.Tensor) -> None: ...
+
+    def step(self, level: str, lr: float) -> None: ...
+
+
+# (name, model, param_groups) -> Trainable; param groups carry the `upper` flag (see solvers/optim.py)
+MakeTrainable = Callable[[str, torch.nn.Module, list[dict[str, Any]]], Trainable]
+
+
+@dataclass
+class Budget:
+    """Passes spent, to compare solvers at equal compute. fb = one student forward + backward."""
+
+    lower_fb: int = 0
+    upper_fb: int = 0
+    student_forward: int = 0  # forwards without backward (value-gap evaluation)
+    teacher_forward: int = 0  # in units of one batch; ESD's two-prompt pass counts 2
+
+
+@dataclass
+class Levels:
+    """Everything a solver needs to take lower and upper steps, deterministically by step."""
+
+    lower_loss: FineTuneLoss
+    upper_loss: UnlearningLoss
+    lower_sampler: EpochSampler
+    upper_sampler: EpochSampler
+    get_lower_data: Callable[[list[int]], tuple[torch.Tensor, list[str]]]
+    lower_lr: float
+    upper_lr: float
+    grad_accum: int
+    total_steps: int
+
+
+class Solver(ABC):
+    """Subclasses implement `build` (make trainables) and `iteration` (one step of the budget)."""
+
+    def __init__(self, cfg: SolverConfig, levels: Levels) -> None:
+        self.cfg, self.levels = cfg, levels
+        self.budget = Budget()
+        self.trainables: dict[str, Trainable] = {}
+
+    # ---- construction
+    def param_groups(self, model: torch.nn.Module) -> list[dict[str, Any]]:
+        """Two groups: parameters the upper level may move, and the rest (see BilevelAdamW)."""
+        upper, rest = [], []
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                (upper if self.levels.upper_loss.updates(name) else rest).append(p)
+        return [g for g in ({"params": upper, "upper": True}, {"params": rest, "upper": False}) if g["params"]]
+
+    @abstractmethod
+    def build(self, student: torch.nn.Module, make: MakeTrainable) -> None: ...
+
+    @property
+    def student(self) -> Trainable:
+        return self.trainables["theta"]
+
+    # ---- one iteration
+    @abstractmethod
+    def iteration(self, step: int) -> dict[str, float]: ...
+
+    def lr(self, base: float, step: int) -> float:
+        warm = self.cfg.warmup_steps
+        return base * min(1.0, (step + 1) / warm) if warm else base
+
+    # ---- shared step machinery
+    def lower_batch(self, step: int, micro: int) -> LowerBatch:
+        sampler = self.levels.lower_sampler
+        x0, captions = self.levels.get_lower_data(sampler.indices(step, micro))
+        batch = self.levels.lower_loss.make_batch(x0, captions, sampler.generator(step, micro))
+        self.budget.teacher_forward += int(batch.teacher_out is not None)
+        return batch
+
+    def upper_batch(self, step: int, micro: int):
+        sampler = self.levels.upper_sampler
+        batch = self.levels.upper_loss.make_batch(sampler.indices(step, micro), sampler.generator(step, micro))
+        self.budget.teacher_forward += 2 + int(batch.keep_cond is not None)
+        return batch
+
+    def lower_value(self, who: Trainable, batch: LowerBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.levels.lower_loss(who.module, who.forward, batch)
+
+    def take_step(self, who: Trainable, step: int, level: str, lower_weight: float, upper_weight: float,
+                  lr: float) -> dict[str, float]:
+        """One optimizer step of `who` on lower_weight * L_ft + upper_weight * L_cu, over grad_accum
+        micro-batches; returns the mean of each logged term."""
+        logged: dict[str, float] = {}
+        for micro in range(self.levels.grad_accum):
+            loss = torch.zeros(())
+            if lower_weight:
+                lower, terms = self.lower_value(who, self.lower_batch(step, micro))
+                loss = loss + lower_weight * lower
+                terms["lower"] = float(lower.detach())
+                self.budget.lower_fb += 1
+                _accumulate(logged, terms, self.levels.grad_accum)
+            if upper_weight:
+                upper, terms = self.levels.upper_loss(who.forward, self.upper_batch(step, micro))
+                loss = loss + upper_weight * upper
+                terms["upper"] = float(upper.detach())
+                self.budget.upper_fb += 1
+                _accumulate(logged, terms, self.levels.grad_accum)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at step {step} ({level}): {logged}")
+            who.backward(loss)
+            who.step(level, lr)
+        return logged
+
+    # ---- state
+    def state_dict(self) -> dict[str, Any]:
+        return {"budget": asdict(self.budget)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.budget = Budget(**state["budget"])
+
+
+def _accumulate(into: dict[str, float], terms: dict[str, float], n: int) -> None:
+    for key, value in terms.items():
+        into[key] = into.get(key, 0.0) + value / n

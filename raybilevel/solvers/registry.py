@@ -1,0 +1,3 @@
+from raybilevel.registry import Registry
+
+SOLVERS: Registry = Registry("solver")

@@ -1,0 +1,223 @@
+"""One training run, top to bottom: build -> resume -> step loop -> checkpoints -> export -> evaluate.
+
+A run directory holds config.yaml (the resolved config), checkpoints/, tensorboard/, scalars.jsonl (every
+step's logged values, rank 0), student/ (the trained student) and metrics.json.
+"""
+from __future__ import annotations
+
+import json
+import random
+import resource
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from raybilevel.config import Config, dump_config
+from raybilevel.engine import (DeepSpeedTrainable, DistInfo, barrier, checkpoint_dirs, deepspeed_config,
+                               init_distributed, load_checkpoint, save_checkpoint, write_json_atomic)
+from raybilevel.errors import UserError
+from raybilevel.evaluate import evaluate, image_grid
+from raybilevel.losses import FineTuneLoss
+from raybilevel.pruning import Student, load_student, prune, save_student
+from raybilevel.sampling import sample
+from raybilevel.solvers import SOLVERS, Levels, Solver
+from raybilevel.solvers.data import EpochSampler
+from raybilevel.unlearning import UNLEARNING
+from raybilevel.worlds import World, build_world
+
+# Keys a resumed run may change: how long it runs and how it is watched, not what it computes.
+RESUMABLE_CHANGES = {"train.steps", "train.log_every", "train.checkpoint_every", "train.sample_every",
+                     "train.keep_checkpoints", "eval"}
+
+
+@dataclass
+class RunHooks:
+    """Where a caller (the Ray Train worker) plugs in: reporting and an external checkpoint to resume."""
+
+    on_log: Callable[[int, dict[str, float]], None] | None = None
+    on_checkpoint: Callable[[int, Path], None] | None = None
+    resume_from: Path | None = None
+
+
+@dataclass
+class Run:
+    cfg: Config
+    world: World
+    student: Student
+    solver: Solver
+    dist: DistInfo
+    output: Path
+    writer: Any = None
+    timings: list[float] = field(default_factory=list)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        flat.update(_flatten(value, path + ".") if isinstance(value, dict) else {path: value})
+    return flat
+
+
+def check_output_dir(cfg: Config, output: Path) -> None:
+    """A directory holding another run is never overwritten; the same run resumes."""
+    saved = output / "config.yaml"
+    if not saved.exists():
+        if output.exists() and any(p.name not in ("config.yaml",) for p in output.iterdir()):
+            raise UserError(f"--output {output} is not empty and holds no raybilevel run; choose a new directory")
+        return
+    old, new = _flatten(yaml.safe_load(saved.read_text()) or {}), _flatten(cfg.to_dict())
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key) and not any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES):
+            raise UserError(f"--output {output} holds another run ({key}: {old.get(key)!r} there, {new.get(key)!r} now); "
+                            "choose a new directory or rerun with the same config to resume")
+
+
+def build_run(cfg: Config, output: Path) -> Run:
+    dist = init_distributed()
+    seed_everything(cfg.seed, cfg.deterministic)
+    if cfg.solver.name not in SOLVERS:
+        raise UserError(f"config error at 'solver.name': unknown solver {cfg.solver.name!r}; choose one of: {', '.join(SOLVERS.names())}")
+    if cfg.upper.method not in UNLEARNING:
+        raise UserError(f"config error at 'upper.method': unknown unlearning method {cfg.upper.method!r}; choose one of: {', '.join(UNLEARNING.names())}")
+    world = build_world(cfg.world, cfg.seed)
+    student = prune(cfg.pruning.method, world.teacher, sparsity=cfg.pruning.sparsity, seed=cfg.seed, path=cfg.pruning.path)
+    upper_loss = UNLEARNING.get(cfg.upper.method)(world.teacher, cfg.upper, world.scheduler_config, world.concept, world.prompts)
+    samplers = {
+        name: EpochSampler(n, batch, cfg.seed, name, dist.rank, dist.world_size, cfg.engine.grad_accum)
+        for name, n, batch in (("lower", len(world.finetune), cfg.lower.batch_size),
+                               ("upper", len(world.concept.images), cfg.upper.batch_size))
+    }
+    levels = Levels(
+        lower_loss=FineTuneLoss(world.teacher, cfg.lower, world.scheduler_config, world.prompts),
+        upper_loss=upper_loss, lower_sampler=samplers["lower"], upper_sampler=samplers["upper"],
+        get_lower_data=world.finetune.get_batch, lower_lr=cfg.lower.lr, upper_lr=cfg.upper.lr,
+        grad_accum=cfg.engine.grad_accum, total_steps=cfg.train.steps,
+    )
+    solver = SOLVERS.get(cfg.solver.name)(cfg.solver, levels)
+    # One micro-batch size per engine: DeepSpeed only uses it for its own bookkeeping here.
+    ds_config = deepspeed_config(cfg.engine, cfg.lower.batch_size)
+
+    def make(name: str, module: torch.nn.Module, groups: list[dict[str, Any]]) -> DeepSpeedTrainable:
+        return DeepSpeedTrainable(name, module, groups, ds_config, weight_decay=0.0,
+                                  after_step=student.apply_constraints if name == "theta" else None)
+
+    solver.build(student.model, make)
+    return Run(cfg, world, student, solver, dist, output)
+
+
+def _resume(run: Run, hooks: RunHooks) -> int:
+    candidates = [hooks.resume_from] if hooks.resume_from else checkpoint_dirs(run.output / "checkpoints")[-1:]
+    if not candidates:
+        return 0
+    state = load_checkpoint(candidates[-1], run.solver.trainables)
+    run.solver.load_state_dict(state["solver"])
+    return int(state["step"])
+
+
+def _log(run: Run, step: int, scalars: dict[str, float], hooks: RunHooks) -> None:
+    if run.dist.is_main:
+        with open(run.output / "scalars.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **scalars}) + "\n")
+        if (step + 1) % run.cfg.train.log_every == 0:
+            for key, value in scalars.items():
+                run.writer.add_scalar(f"train/{key}", value, step)
+    if hooks.on_log is not None:
+        hooks.on_log(step, scalars)
+
+
+def _truncate_scalars(path: Path, start: int) -> None:
+    """Drop lines a killed run wrote after its last checkpoint, so the log has each step once."""
+    if path.exists():
+        keep = [line for line in path.read_text().splitlines() if json.loads(line)["step"] < start]
+        path.write_text("".join(line + "\n" for line in keep))
+
+
+def _sample_grid(run: Run, step: int) -> None:
+    """All ranks run the sampler (ZeRO-3 gathers parameters collectively); rank 0 writes the grid."""
+    concept, keep = run.world.concept.prompts[:8], run.world.concept.preservation_prompts[:8]
+    prompts = run.world.prompts
+    images = sample(run.solver.student.module, run.world.scheduler_config, prompts(concept + keep), prompts([""])[0],
+                    steps=run.world.sampling["steps"], guidance=run.world.sampling["guidance"],
+                    generator=torch.Generator().manual_seed(run.cfg.eval.seed), sample_shape=run.world.sample_shape,
+                    vae=run.world.vae)
+    if run.dist.is_main:
+        run.writer.add_image("samples/concept_then_unrelated", image_grid(images), step)
+
+
+def _export_student(run: Run) -> None:
+    """Write the trained student (full weights, gathered under ZeRO-3) as student/."""
+    module = run.solver.student.module
+    gather = nullcontext()
+    if run.cfg.engine.zero_stage == 3:
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+    with gather:
+        if run.dist.is_main:
+            save_student(run.student, run.output / "student")
+    barrier()
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def train(cfg: Config, output: Path, hooks: RunHooks | None = None) -> dict[str, Any]:
+    """Run (or resume) training into `output`; returns the metrics written to metrics.json."""
+    hooks = hooks or RunHooks()
+    output = Path(output)
+    check_output_dir(cfg, output)
+    run = build_run(cfg, output)
+    if run.dist.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "config.yaml").write_text(dump_config(cfg))
+        from torch.utils.tensorboard import SummaryWriter
+
+        run.writer = SummaryWriter(str(output / "tensorboard"))
+    start = _resume(run, hooks)
+    if run.dist.is_main:
+        _truncate_scalars(output / "scalars.jsonl", start)
+    steps = range(start, cfg.train.steps)
+    for step in tqdm(steps, desc=f"train {cfg.solver.name}", disable=not run.dist.is_main, mininterval=5):
+        began = time.perf_counter()
+        scalars = run.solver.iteration(step)
+        run.timings.append(time.perf_counter() - began)
+        _log(run, step, scalars, hooks)
+        done = step + 1
+        if cfg.train.sample_every and done % cfg.train.sample_every == 0:
+            _sample_grid(run, step)
+        if done == cfg.train.steps or (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0):
+            folder = save_checkpoint(output / "checkpoints", done, run.solver.trainables,
+                                     {"solver": run.solver.state_dict()}, run.dist, cfg.train.keep_checkpoints)
+            if hooks.on_checkpoint is not None:
+                hooks.on_checkpoint(done, folder)
+    _export_student(run)
+    metrics: dict[str, Any] = {}
+    if run.dist.is_main:
+        metrics = {"solver": cfg.solver.name, "steps": cfg.train.steps, "resumed_from": start,
+                   "budget": run.solver.state_dict()["budget"], "world_size": run.dist.world_size,
+                   "seconds_per_step": float(np.mean(run.timings)) if run.timings else None,
+                   "student": run.student.description.get("stats", {})}
+        if cfg.eval.enabled:
+            metrics |= evaluate(run.world, load_student(output / "student").model, cfg.eval)
+        metrics["peak_rss_mb"] = peak_rss_mb()
+        write_json_atomic(output / "metrics.json", metrics)
+        run.writer.close()
+    barrier()
+    return metrics

@@ -1,0 +1,3 @@
+from raybilevel.registry import Registry
+
+UNLEARNING: Registry = Registry("unlearning method")

@@ -1,0 +1,18 @@
+"""Worlds: where the teacher, the data, the concept and the judges come from."""
+from __future__ import annotations
+
+from raybilevel.config import WorldConfig
+from raybilevel.worlds.base import ConceptData, Evaluator, FinetuneData, World
+
+
+def build_world(cfg: WorldConfig, seed: int) -> World:
+    if cfg.kind == "toy":
+        from raybilevel.worlds.toy.world import build_toy_world
+
+        return build_toy_world(cfg, seed)
+    from raybilevel.worlds.diffusers_world import build_diffusers_world
+
+    return build_diffusers_world(cfg, seed)
+
+
+__all__ = ["ConceptData", "Evaluator", "FinetuneData", "World", "build_world"]

@@ -1,0 +1,64 @@
+"""What every world provides: the frozen teacher stack, the fine-tuning data, the concept, the judges.
+
+Two kinds implement it: the embedded toy world (worlds/toy/) and Stable-Diffusion-layout pipelines with
+real datasets (worlds/diffusers_world.py). Everything above this layer sees only this interface.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from raybilevel.text import PromptEncoder
+
+
+class FinetuneData(Protocol):
+    """Map-style data in the UNet's input space (pixels for the toy world, VAE latents for SD)."""
+
+    def __len__(self) -> int: ...
+
+    def get_batch(self, indices: list[int]) -> tuple[torch.Tensor, list[str]]:
+        """(x0 of shape (B, C, H, W), captions) for the given dataset indices."""
+        ...
+
+
+@dataclass
+class ConceptData:
+    """What the upper level sees: prompts of the concept, paired anchor prompts, optional clean inputs.
+
+    `images` (N, C, H, W) in the UNet's input space are noised to give x_t for ESD / ablation; they come
+    from teacher samples of the concept prompts (cached) or from a folder of concept images.
+    """
+
+    name: str
+    prompts: list[str]
+    anchor_prompts: list[str]
+    images: torch.Tensor | None = None
+    image_prompts: list[str] = field(default_factory=list)  # the prompt each row of `images` shows
+    preservation_prompts: list[str] = field(default_factory=list)
+
+
+class Evaluator(Protocol):
+    def __call__(self, unet: torch.nn.Module, *, n_samples: int, seed: int) -> dict[str, Any]:
+        """Sample from `unet` and return metrics; must hold at least `quality` and `concept_rate`."""
+        ...
+
+
+@dataclass
+class World:
+    name: str
+    teacher: torch.nn.Module  # frozen UNet2DConditionModel
+    prompts: PromptEncoder
+    scheduler_config: dict  # the training noise scheduler's config (DDPM-family)
+    sample_shape: tuple[int, int, int]  # (C, H, W) the UNet denoises
+    finetune: FinetuneData
+    concept: ConceptData
+    evaluator: Evaluator
+    vae: torch.nn.Module | None = None
+    sampling: dict[str, Any] = field(default_factory=dict)  # steps, guidance: the world's sampler defaults
+    info: dict[str, Any] = field(default_factory=dict)  # provenance written into run directories
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler_config.get("prediction_type", "epsilon")

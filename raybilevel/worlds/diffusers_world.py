@@ -1,0 +1,201 @@
+"""A World from a Stable Diffusion 1.x/2.x pipeline (folder or hub id), real images and concept prompts.
+
+The UNet denoises VAE latents: fine-tuning images, concept images and evaluation samples all pass through
+the teacher's VAE. Concept images drawn from the teacher are cached on disk (RAYBILEVEL_CACHE, default
+~/.cache/raybilevel) because sampling them is the slowest part of building the world.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from raybilevel.config import WorldConfig
+from raybilevel.errors import ConfigError, UserError
+from raybilevel.sampling import sample
+from raybilevel.text import PromptEncoder
+from raybilevel.worlds.base import ConceptData, World
+from raybilevel.worlds.clip_judge import ClipEvaluator, ClipJudge
+from raybilevel.worlds.datasets import LatentDataset, encode_pixels, files_source, image_files, load_source
+
+PARTS = ("unet", "text_encoder", "tokenizer", "vae", "scheduler")
+N_PRESERVATION_PROMPTS = 8
+
+
+@dataclass
+class Teacher:
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    prompts: PromptEncoder
+    scheduler_config: dict
+
+
+def _load_part(load: Callable, pretrained: str, part: str, **kwargs) -> Any:
+    try:
+        return load(pretrained, subfolder=part, **kwargs)
+    except (OSError, ValueError) as error:
+        raise ConfigError("world.pretrained", f"cannot load {part}/ of {pretrained!r} ({str(error).splitlines()[0]}); "
+                          "give an SD 1.x/2.x pipeline folder or hub id with safetensors weights") from None
+
+
+def _training_scheduler_config(raw: dict) -> dict:
+    from diffusers import DDPMScheduler
+
+    name = raw.get("_class_name", "DDPMScheduler")
+    if name not in DDPMScheduler._compatibles:
+        raise ConfigError("world.pretrained", f"scheduler/ holds a {name}, not a DDPM-family (beta schedule) scheduler")
+    # Latents are not bounded to [-1, 1]: clipping predicted x0 is wrong for them (SD pipelines turn it off too).
+    return dict(DDPMScheduler.from_config({**raw, "clip_sample": False}).config)
+
+
+def load_teacher(pretrained: str, device: str | torch.device) -> Teacher:
+    """The frozen UNet, VAE, text stack and training-scheduler config of a pipeline folder or hub id."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    folder = Path(pretrained)
+    missing = [part for part in PARTS if folder.is_dir() and not (folder / part).is_dir()]
+    if missing:
+        raise ConfigError("world.pretrained", f"{folder} lacks {', '.join(missing)}; "
+                          f"an SD 1.x/2.x pipeline folder holds {', '.join(PARTS)}")
+    unet, vae, text_encoder = (_load_part(model.from_pretrained, pretrained, part, use_safetensors=True)
+                               .to(device).eval().requires_grad_(False)
+                               for model, part in ((UNet2DConditionModel, "unet"), (AutoencoderKL, "vae"),
+                                                   (CLIPTextModel, "text_encoder")))
+    tokenizer = _load_part(CLIPTokenizer.from_pretrained, pretrained, "tokenizer")
+    scheduler = _training_scheduler_config(_load_part(DDPMScheduler.load_config, pretrained, "scheduler"))
+    return Teacher(unet, vae, PromptEncoder(tokenizer, text_encoder), scheduler)
+
+
+def read_concept_prompts(path: str, default_anchor: str) -> tuple[list[str], list[str]]:
+    """(prompts, anchors) from a .txt (one prompt per line) or a .csv (`prompt`, optional `anchor`)."""
+    file = Path(path)
+    if not file.is_file() or file.suffix not in (".txt", ".csv"):
+        raise ConfigError("world.concept_prompts", f"no .txt or .csv file at {file}; give one prompt per line "
+                          "(.txt) or columns prompt[,anchor] (.csv)")
+    if file.suffix == ".txt":
+        rows = [{"prompt": line} for line in file.read_text().splitlines()]
+    else:
+        with file.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+        if "prompt" not in (reader.fieldnames or []):
+            raise ConfigError("world.concept_prompts", f"{file} has no 'prompt' column; its columns: {reader.fieldnames}")
+    rows = [row for row in rows if row["prompt"].strip()]
+    if not rows:
+        raise ConfigError("world.concept_prompts", f"{file} holds no prompts")
+    # An empty or absent anchor cell means the world's default anchor.
+    return [row["prompt"].strip() for row in rows], [(row.get("anchor") or default_anchor).strip() for row in rows]
+
+
+def check_no_concept(captions: list[str], concept: str) -> None:
+    """The method's premise: fine-tuning data never shows the concept, so its captions never name it."""
+    pattern = re.compile(rf"\b{re.escape(concept)}\b", re.IGNORECASE)
+    hits = [caption for caption in captions if pattern.search(caption)]
+    if hits:
+        raise UserError(f"the fine-tuning data contains the concept {concept!r} in {len(hits)} captions "
+                        f"(e.g. {hits[0]!r}); filter those rows out of world.dataset")
+
+
+@dataclass
+class PromptSampler:
+    """Text to images in [-1, 1] with the world's sampler settings, for the teacher or any student UNet."""
+
+    teacher: Teacher
+    sample_shape: tuple[int, int, int]
+    steps: int
+    guidance: float
+    batch_size: int = 16  # SD-sized UNets and VAEs at 512 px: larger batches crowd one GPU
+
+    def __call__(self, unet: torch.nn.Module, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
+        encode = self.teacher.prompts
+        return sample(unet, self.teacher.scheduler_config, encode(prompts), encode([""])[0], steps=self.steps,
+                      guidance=self.guidance, generator=generator, sample_shape=self.sample_shape,
+                      vae=self.teacher.vae, batch_size=self.batch_size)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RAYBILEVEL_CACHE") or Path.home() / ".cache" / "raybilevel")
+
+
+def concept_sample_file(cfg: WorldConfig, prompts: list[str], sampler: PromptSampler, seed: int) -> Path:
+    """Where teacher samples for these settings are cached: named by a hash of everything that shapes them."""
+    teacher = str(Path(cfg.pretrained).resolve()) if Path(cfg.pretrained).exists() else cfg.pretrained
+    key = json.dumps([teacher, prompts, cfg.n_concept_images, sampler.steps, sampler.guidance, seed,
+                      list(sampler.sample_shape)])
+    return cache_dir() / "concept_images" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
+
+
+def sample_concept_latents(cfg: WorldConfig, prompts: list[str], sampler: PromptSampler, seed: int,
+                           ) -> tuple[torch.Tensor, list[str]]:
+    """n teacher samples of the prompts (cycled), as latents; read from the cache when present."""
+    image_prompts = [prompts[i % len(prompts)] for i in range(cfg.n_concept_images)]
+    file = concept_sample_file(cfg, prompts, sampler, seed)
+    if file.is_file():
+        return load_file(file)["latents"], image_prompts
+    images = sampler(sampler.teacher.unet, image_prompts, torch.Generator().manual_seed(seed))
+    # Re-encoding the decoded samples (not keeping the sampler's latents) gives latents distributed like the
+    # fine-tuning data's: posterior means of real pixels.
+    latents = encode_pixels(sampler.teacher.vae, images)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    partial = file.with_suffix(f".{os.getpid()}.partial")  # workers building the same world race: write, then rename
+    save_file({"latents": latents.contiguous()}, partial)
+    os.replace(partial, file)
+    return latents, image_prompts
+
+
+def folder_concept_latents(cfg: WorldConfig, prompts: list[str], vae: torch.nn.Module, resolution: int,
+                           ) -> tuple[torch.Tensor, list[str]]:
+    """Encode a folder of concept images; image i is paired with prompt i mod len(prompts)."""
+    folder = Path(cfg.concept_images)
+    files = image_files(folder) if folder.is_dir() else []
+    if not files:
+        raise ConfigError("world.concept_images", f"no images in {folder}; give a folder of concept images or leave "
+                          "it empty to sample them from the teacher")
+    image_prompts = [prompts[i % len(prompts)] for i in range(len(files))]
+    return LatentDataset(files_source(files, image_prompts), vae, resolution, cache_latents=False).get_batch(
+        list(range(len(files))))
+
+
+def build_diffusers_world(cfg: WorldConfig, seed: int, device: str | torch.device = "cpu",
+                          judge_path: str | None = None) -> World:
+    """The World of `cfg` (kind "diffusers"); `judge_path` defaults to $RAYBILEVEL_CLIP_JUDGE."""
+    # Cheap checks first: a wrong path should fail before any model loads or latent is encoded.
+    prompts, anchors = read_concept_prompts(cfg.concept_prompts, cfg.anchor_prompt)
+    source = load_source(cfg.dataset)
+    check_no_concept(source.captions, cfg.concept)
+    judge = ClipJudge(judge_path, device)
+    teacher = load_teacher(cfg.pretrained, device)
+
+    vae_scale = 2 ** (len(teacher.vae.config.block_out_channels) - 1)
+    resolution = cfg.resolution or teacher.unet.config.sample_size * vae_scale
+    unet_scale = 2 ** (len(teacher.unet.config.block_out_channels) - 1)
+    if resolution % (vae_scale * unet_scale):
+        raise ConfigError("world.resolution", f"{resolution} is not a multiple of {vae_scale * unet_scale} "
+                          "(the VAE's and UNet's downsampling); pick one that is")
+    sample_shape = (teacher.unet.config.in_channels, resolution // vae_scale, resolution // vae_scale)
+    sampler = PromptSampler(teacher, sample_shape, steps=cfg.sampling_steps or 25, guidance=cfg.guidance or 7.5)
+
+    data = LatentDataset(source, teacher.vae, resolution, cfg.dataset.cache_latents)
+    images, image_prompts = (folder_concept_latents(cfg, prompts, teacher.vae, resolution) if cfg.concept_images
+                             else sample_concept_latents(cfg, prompts, sampler, seed))
+    unique_captions = sorted(set(source.captions))
+    concept = ConceptData(
+        name=cfg.concept, prompts=prompts, anchor_prompts=anchors, images=images, image_prompts=image_prompts,
+        preservation_prompts=random.Random(seed).sample(unique_captions, min(N_PRESERVATION_PROMPTS, len(unique_captions))))
+    return World(
+        name=f"diffusers:{cfg.pretrained}", teacher=teacher.unet, prompts=teacher.prompts,
+        scheduler_config=teacher.scheduler_config, sample_shape=sample_shape, finetune=data, concept=concept,
+        evaluator=ClipEvaluator(judge, sampler, concept, data), vae=teacher.vae,
+        sampling={"steps": sampler.steps, "guidance": sampler.guidance},
+        info={"pretrained": cfg.pretrained, "resolution": resolution, "clip_judge": judge.path,
+              "quality": "clip_fd: Frechet distance of CLIP image features, not Inception FID"})

@@ -1,0 +1,79 @@
+"""The embedded toy world as a `World`: shipped teacher + judge, procedural data, no downloads."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from raybilevel.config import WorldConfig
+from raybilevel.errors import UserError
+from raybilevel.sampling import sample
+from raybilevel.text import PromptEncoder
+from raybilevel.worlds.base import ConceptData, World
+from raybilevel.worlds.toy import data
+from raybilevel.worlds.toy.judge import ToyEvaluator, load_judge
+
+ASSETS = Path(__file__).parent / "assets"
+DEFAULT_STEPS, DEFAULT_GUIDANCE = 25, 1.5  # guidance 1.5 drew the cleanest samples (PLATFORM-NOTES)
+
+
+@dataclass
+class ToyFinetuneData:
+    """The fine-tuning set: every attribute combination except the concept's, in random templates."""
+
+    images: torch.Tensor
+    captions: list[str]
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def get_batch(self, indices: list[int]) -> tuple[torch.Tensor, list[str]]:
+        return self.images[indices], [self.captions[i] for i in indices]
+
+
+def load_teacher_stack(folder: Path = ASSETS / "teacher"):
+    from diffusers import UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    if not (folder / "unet").is_dir():
+        raise UserError(f"the toy teacher is missing at {folder}; rebuild it with `raybilevel toy build`")
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", use_safetensors=True).eval().requires_grad_(False)
+    prompts = PromptEncoder(AutoTokenizer.from_pretrained(folder / "tokenizer"),
+                            CLIPTextModel.from_pretrained(folder / "text_encoder", use_safetensors=True))
+    from diffusers import DDPMScheduler
+
+    scheduler_config = dict(DDPMScheduler.from_pretrained(folder / "scheduler").config)
+    return unet, prompts, scheduler_config
+
+
+def build_toy_world(cfg: WorldConfig, seed: int) -> World:
+    try:
+        data.attribute_of(cfg.concept)
+    except ValueError as error:
+        raise UserError(f"world.concept: {error}") from None
+    teacher, prompts, scheduler_config = load_teacher_stack()
+    steps, guidance = cfg.sampling_steps or DEFAULT_STEPS, cfg.guidance or DEFAULT_GUIDANCE
+    samples = data.generate(cfg.toy_images, seed=seed + 101, exclude=cfg.concept)
+    concept_items = data.items_with(cfg.concept)
+    concept_prompts = [data.caption(item) for item in concept_items]
+    anchor_prompts = [data.caption(data.anchor_item(item, cfg.concept)) for item in concept_items]
+    image_prompts = [concept_prompts[i % len(concept_prompts)] for i in range(cfg.n_concept_images)]
+    # The upper level sees teacher samples of the concept, never the world's real concept images.
+    images = sample(teacher, scheduler_config, prompts(image_prompts), prompts([""])[0], steps=steps,
+                    guidance=guidance, generator=torch.Generator().manual_seed(seed + 202),
+                    sample_shape=(3, data.RESOLUTION, data.RESOLUTION))
+    concept = ConceptData(
+        name=cfg.concept, prompts=concept_prompts, anchor_prompts=anchor_prompts, images=images,
+        image_prompts=image_prompts,
+        preservation_prompts=[data.caption(item) for item in data.items_without(cfg.concept)],
+    )
+    evaluator = ToyEvaluator(load_judge(ASSETS / "judge.safetensors"), prompts, scheduler_config,
+                             cfg.concept, steps, guidance)
+    return World(
+        name="toy", teacher=teacher, prompts=prompts, scheduler_config=scheduler_config,
+        sample_shape=(3, data.RESOLUTION, data.RESOLUTION),
+        finetune=ToyFinetuneData(torch.from_numpy(samples.images), samples.captions), concept=concept,
+        evaluator=evaluator, sampling={"steps": steps, "guidance": guidance},
+        info={"world": "toy", "concept": cfg.concept, "assets": str(ASSETS)},
+    )
