@@ -68,6 +68,8 @@ class WorldConfig:
         concept_prompts: a .txt (one prompt per line) or .csv (column `prompt`, optional `anchor`) file.
         anchor_prompt: anchor used where a concept prompt has none ("" = the empty prompt).
         concept_images: a folder of concept images; empty = sample them from the teacher.
+        clip_judge: a local CLIP folder (or hub id) for the diffusers world's metrics; empty = the
+            RAYBILEVEL_CLIP_JUDGE environment variable.
         n_concept_images: how many teacher samples to draw (and cache) for the upper level.
         resolution: image size for diffusers data and sampling (0 = the UNet's native size).
         sampling_steps / guidance: the world's sampler settings for concept images and evaluation
@@ -82,6 +84,7 @@ class WorldConfig:
     concept_prompts: str = ""
     anchor_prompt: str = ""
     concept_images: str = ""
+    clip_judge: str = ""
     n_concept_images: int = 128
     resolution: int = 0
     sampling_steps: int = 0

@@ -7,9 +7,9 @@ The frozen teacher never enters an engine, so ZeRO-3 partitions only the trainab
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -32,22 +32,19 @@ class DistInfo:
         return self.rank == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def init_distributed() -> DistInfo:
     """Join (or create, for a single process) the process group DeepSpeed will use."""
     import deepspeed
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        if "RANK" not in os.environ:  # a lone process: without these DeepSpeed looks for MPI
-            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                              MASTER_PORT=str(_free_port()))
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if "RANK" not in os.environ:
+            # A lone process: an in-memory store needs no port (a probed free port can be taken by
+            # another process before the store binds it), and the variables keep DeepSpeed off MPI.
+            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        deepspeed.init_distributed(dist_backend=backend)
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
 
 
@@ -76,7 +73,7 @@ class DeepSpeedTrainable:
 
     def __init__(self, name: str, module: torch.nn.Module, param_groups: list[dict[str, Any]],
                  ds_config: dict[str, Any], weight_decay: float,
-                 after_step: Callable[[torch.nn.Module], None] | None = None) -> None:
+                 after_step: Callable[[], None] | None = None) -> None:
         import deepspeed
 
         self.name = name
@@ -100,7 +97,7 @@ class DeepSpeedTrainable:
             group["lr"] = lr
         self.engine.step()
         if self.after_step is not None and self.engine.is_gradient_accumulation_boundary():
-            self.after_step(self.module)
+            self.after_step()
 
     def save(self, folder: Path) -> None:
         self.engine.save_checkpoint(str(folder), tag=self.name)
@@ -124,9 +121,20 @@ def checkpoint_dirs(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
+def _finite(value: Any) -> Any:
+    """NaN/inf become null: strict JSON readers (and Tune's result parsing) reject them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_json_atomic(path: Path, payload: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.write_text(json.dumps(_finite(payload), indent=2))
     os.replace(tmp, path)
 
 

@@ -63,6 +63,17 @@ class FeatureTaps:
             self._active = False
 
 
+def _device_of(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def _has_module(model: torch.nn.Module, path: str) -> bool:
+    try:
+        return isinstance(model.get_submodule(path), torch.nn.Module)
+    except AttributeError:
+        return False
+
+
 def velocity(x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
     return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
 
@@ -94,27 +105,31 @@ class FineTuneLoss:
         self._student_taps: dict[int, FeatureTaps] = {}
 
     def _taps_of(self, student: torch.nn.Module) -> FeatureTaps:
+        """The student's taps: those of the teacher's that it still has (block removal drops the mid block)."""
         if id(student) not in self._student_taps:
-            self._student_taps[id(student)] = FeatureTaps(student, self.tap_paths)
+            shared = [p for p in self.tap_paths if _has_module(student, p)]
+            self._student_taps[id(student)] = FeatureTaps(student, shared)
         return self._student_taps[id(student)]
 
     @torch.no_grad()
     def make_batch(self, x0: torch.Tensor, captions: list[str], generator: torch.Generator) -> LowerBatch:
-        n = x0.shape[0]
+        n, device = x0.shape[0], _device_of(self.teacher)
         dropped = torch.rand(n, generator=generator) < self.cfg.caption_drop
         cond = self.encode(["" if drop else c for c, drop in zip(captions, dropped.tolist())])
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.randint(0, self.num_timesteps, (n,), generator=generator)
         alpha_bar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-        x0 = x0.float()
-        x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
-        target = velocity(x0, noise, alpha_bar) if self.prediction_type == "v_prediction" else noise
         snr = (alpha_bar / (1 - alpha_bar)).view(-1)
         if self.cfg.min_snr_gamma > 0:
             clipped = snr.clamp(max=self.cfg.min_snr_gamma)
             weight = clipped / (snr + 1) if self.prediction_type == "v_prediction" else clipped / snr
         else:
             weight = torch.ones_like(snr)
+        x0 = x0.float()
+        x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
+        target = velocity(x0, noise, alpha_bar) if self.prediction_type == "v_prediction" else noise
+        # noise and timesteps come from CPU generators so that a run is the same on any device
+        x_t, t, target, weight = (v.to(device) for v in (x_t, t, target, weight))
         teacher_out, features = None, {}
         if self.cfg.w_out > 0 or self.cfg.w_feat > 0:
             with self.teacher_taps.capture() as captured:
@@ -132,9 +147,9 @@ class FineTuneLoss:
         terms = {"diff": (batch.snr_weight * per_sample).mean()}
         if batch.teacher_out is not None:
             terms["out_kd"] = F.mse_loss(out, batch.teacher_out)
-        if self.tap_paths:
+        if taps.paths:
             terms["feat_kd"] = torch.stack([
-                F.mse_loss(captured[p].float(), batch.teacher_features[p]) for p in self.tap_paths]).mean()
+                F.mse_loss(captured[p].float(), batch.teacher_features[p]) for p in taps.paths]).mean()
         weights = {"diff": self.cfg.w_diff, "out_kd": self.cfg.w_out, "feat_kd": self.cfg.w_feat}
         loss = sum(weights[k] * v for k, v in terms.items())
         return loss, {k: float(v.detach()) for k, v in terms.items()}

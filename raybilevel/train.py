@@ -25,7 +25,7 @@ from raybilevel.engine import (DeepSpeedTrainable, DistInfo, barrier, checkpoint
 from raybilevel.errors import UserError
 from raybilevel.evaluate import evaluate, image_grid
 from raybilevel.losses import FineTuneLoss
-from raybilevel.pruning import Student, load_student, prune, save_student
+from raybilevel.pruning import PRUNERS, Student, load_student, prune, save_student
 from raybilevel.sampling import sample
 from raybilevel.solvers import SOLVERS, Levels, Solver
 from raybilevel.solvers.data import EpochSampler
@@ -88,14 +88,20 @@ def check_output_dir(cfg: Config, output: Path) -> None:
                             "choose a new directory or rerun with the same config to resume")
 
 
+def check_names(cfg: Config) -> None:
+    """Registry names are checked here, not in config.py, so a new method needs no config edit."""
+    for field, registry, value in (("solver.name", SOLVERS, cfg.solver.name), ("upper.method", UNLEARNING, cfg.upper.method),
+                                   ("pruning.method", PRUNERS, cfg.pruning.method)):
+        if value not in registry:
+            raise UserError(f"config error at '{field}': unknown {registry.kind} {value!r}; choose one of: {', '.join(registry.names())}")
+
+
 def build_run(cfg: Config, output: Path) -> Run:
+    check_names(cfg)
     dist = init_distributed()
     seed_everything(cfg.seed, cfg.deterministic)
-    if cfg.solver.name not in SOLVERS:
-        raise UserError(f"config error at 'solver.name': unknown solver {cfg.solver.name!r}; choose one of: {', '.join(SOLVERS.names())}")
-    if cfg.upper.method not in UNLEARNING:
-        raise UserError(f"config error at 'upper.method': unknown unlearning method {cfg.upper.method!r}; choose one of: {', '.join(UNLEARNING.names())}")
-    world = build_world(cfg.world, cfg.seed)
+    device = torch.device(f"cuda:{dist.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    world = build_world(cfg.world, cfg.seed, device)
     student = prune(cfg.pruning.method, world.teacher, sparsity=cfg.pruning.sparsity, seed=cfg.seed, path=cfg.pruning.path)
     upper_loss = UNLEARNING.get(cfg.upper.method)(world.teacher, cfg.upper, world.scheduler_config, world.concept, world.prompts)
     samplers = {

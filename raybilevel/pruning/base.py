@@ -39,8 +39,7 @@ class Student:
     def apply_constraints(self) -> None:
         """Call after an optimizer step; cheap, and a no-op for every method but magnitude."""
         if self.constrain is not None:
-            with torch.no_grad():
-                self.constrain(self.model)
+            self.constrain(self.model)
 
 
 class PruneFn(Protocol):

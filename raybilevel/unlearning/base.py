@@ -59,6 +59,8 @@ class UnlearningLoss(ABC):
         t = torch.randint(0, len(self.alphas_cumprod), (len(indices),), generator=generator)
         alpha_bar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
+        device = next(self.teacher.parameters()).device
+        x_t, t = x_t.to(device), t.to(device)
         cond = self.encode(prompts)
         target = self.target(x_t, t, cond, self.encode(self._anchor_prompts(prompts)))
         keep_cond = keep_target = None

@@ -1,18 +1,21 @@
 """Worlds: where the teacher, the data, the concept and the judges come from."""
 from __future__ import annotations
 
+import torch
+
 from raybilevel.config import WorldConfig
 from raybilevel.worlds.base import ConceptData, Evaluator, FinetuneData, World
 
 
-def build_world(cfg: WorldConfig, seed: int) -> World:
+def build_world(cfg: WorldConfig, seed: int, device: str | torch.device = "cpu") -> World:
+    """The world of `cfg` with its frozen teacher and text encoder on `device`."""
     if cfg.kind == "toy":
         from raybilevel.worlds.toy.world import build_toy_world
 
-        return build_toy_world(cfg, seed)
+        return build_toy_world(cfg, seed, device)
     from raybilevel.worlds.diffusers_world import build_diffusers_world
 
-    return build_diffusers_world(cfg, seed)
+    return build_diffusers_world(cfg, seed, device, judge_path=cfg.clip_judge or None)
 
 
 __all__ = ["ConceptData", "Evaluator", "FinetuneData", "World", "build_world"]

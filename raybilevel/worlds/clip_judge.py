@@ -2,8 +2,9 @@
 
 Metrics, every one from CLIP features (none from Inception):
 - concept_rate: share of concept-prompt samples closer (cosine) to their concept prompt than to its anchor.
-- clip_concept_similarity: mean 100·cos(image, concept prompt) on concept samples (the paper's "CLIP ↓").
-- clip_score: mean 100·cos(image, caption) on samples of dataset captions (the paper's COCO CLIP ↑).
+- clip_concept_similarity: mean CLIPScore, 100·max(cos, 0), of concept samples and their prompts (the
+  paper's "CLIP ↓").
+- clip_score: mean CLIPScore of samples of dataset captions and those captions (the paper's COCO CLIP ↑).
 - clip_fd, also reported as `quality`: Fréchet distance between CLIP image features of those samples and
   of the real images of the same captions. It is NOT Inception FID and not comparable to published FIDs.
 """
@@ -19,9 +20,11 @@ import torch.nn.functional as F
 from raybilevel.errors import UserError
 from raybilevel.metrics import frechet_distance
 from raybilevel.worlds.base import ConceptData
-from raybilevel.worlds.datasets import LatentDataset
+from raybilevel.worlds.datasets import LatentDataset, first_line
 
 JUDGE_ENV = "RAYBILEVEL_CLIP_JUDGE"
+# OpenAI CLIP's pixel normalisation (ViT-B/32 is the paper's CLIP-score model).
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 # (unet, prompts, generator) -> one image in [-1, 1] per prompt, drawn with the world's sampler settings.
 Draw = Callable[[torch.nn.Module, list[str], torch.Generator], torch.Tensor]
 
@@ -39,10 +42,6 @@ def clip_similarity(images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
 class ClipJudge:
     """A CLIPModel + tokenizer folder (or hub id) with safetensors weights, frozen."""
 
-    # OpenAI CLIP's normalisation, shared by every CLIP checkpoint the paper's metrics use.
-    MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
-    STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
-
     def __init__(self, path: str | None = None, device: str | torch.device = "cpu", batch_size: int = 64) -> None:
         from transformers import AutoTokenizer, CLIPModel
 
@@ -51,12 +50,14 @@ class ClipJudge:
             raise UserError(f"the diffusers world needs a CLIP judge for evaluation; set {JUDGE_ENV} to a local "
                             "CLIP folder or hub id, e.g. openai/clip-vit-base-patch32")
         try:
-            self.model = CLIPModel.from_pretrained(self.path, use_safetensors=True).to(device).eval().requires_grad_(False)
+            self.model = CLIPModel.from_pretrained(self.path, use_safetensors=True).to(device).eval()
             self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         except (OSError, ValueError) as error:
-            raise UserError(f"cannot load the CLIP judge from {self.path!r} ({str(error).splitlines()[0]}); "
+            raise UserError(f"cannot load the CLIP judge from {self.path!r} ({first_line(error)}); "
                             f"set {JUDGE_ENV} to a CLIP folder or hub id with safetensors weights") from None
+        self.model.requires_grad_(False)
         self.device, self.batch_size = torch.device(device), batch_size
+        self.mean, self.std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (CLIP_MEAN, CLIP_STD))
 
     @torch.no_grad()
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -64,15 +65,20 @@ class ClipJudge:
         size = self.model.config.vision_config.image_size
         out = []
         for chunk in images.split(self.batch_size):
-            pixels = F.interpolate((chunk.float() + 1) / 2, size=(size, size), mode="bicubic", antialias=True)
-            pixels = (pixels.clamp(0, 1) - self.MEAN) / self.STD
-            out.append(self.model.get_image_features(pixel_values=pixels.to(self.device)).pooler_output.float().cpu())
+            pixels = (chunk.to(self.device, torch.float32) + 1) / 2
+            pixels = F.interpolate(pixels, size=(size, size), mode="bicubic", antialias=True).clamp(0, 1)
+            pixels = (pixels - self.mean) / self.std
+            out.append(self.model.get_image_features(pixel_values=pixels).pooler_output.float().cpu())
         return torch.cat(out)
 
     @torch.no_grad()
     def embed_texts(self, prompts: list[str]) -> torch.Tensor:
-        tokens = self.tokenizer(prompts, padding=True, truncation=True, return_tensors="pt").to(self.device)
-        return self.model.get_text_features(**tokens).pooler_output.float().cpu()
+        out = []
+        for start in range(0, len(prompts), self.batch_size):
+            tokens = self.tokenizer(prompts[start:start + self.batch_size], padding=True, truncation=True,
+                                    return_tensors="pt").to(self.device)
+            out.append(self.model.get_text_features(**tokens).pooler_output.float().cpu())
+        return torch.cat(out)
 
 
 @dataclass
@@ -83,6 +89,15 @@ class ClipEvaluator:
     draw: Draw
     concept: ConceptData
     data: LatentDataset
+    chunk: int = 64  # images held at once: 5k samples at 512 px would not fit in memory together
+
+    def _embed_samples(self, unet: torch.nn.Module, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
+        return torch.cat([self.judge.embed_images(self.draw(unet, prompts[start:start + self.chunk], generator))
+                          for start in range(0, len(prompts), self.chunk)])
+
+    def _embed_real(self, rows: list[int]) -> torch.Tensor:
+        return torch.cat([self.judge.embed_images(self.data.pixels(rows[start:start + self.chunk]))
+                          for start in range(0, len(rows), self.chunk)])
 
     def __call__(self, unet: torch.nn.Module, *, n_samples: int, seed: int) -> dict[str, Any]:
         if n_samples < 2:
@@ -95,10 +110,10 @@ class ClipEvaluator:
         rows = [order[i % len(order)] for i in range(n_samples)]
         captions = [self.data.captions[i] for i in rows]
 
-        concept_images = self.judge.embed_images(self.draw(unet, prompts, generator))
-        caption_images = self.judge.embed_images(self.draw(unet, captions, generator))
+        concept_images = self._embed_samples(unet, prompts, generator)
+        caption_images = self._embed_samples(unet, captions, generator)
         concept_texts = self.judge.embed_texts(prompts)
-        fd = frechet_distance(caption_images, self.judge.embed_images(self.data.pixels(rows)))
+        fd = frechet_distance(caption_images, self._embed_real(rows))
         decisions = concept_decisions(concept_images, concept_texts, self.judge.embed_texts(anchors))
         return {
             "quality": fd,

@@ -26,6 +26,11 @@ from raybilevel.errors import ConfigError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
+def first_line(error: Exception) -> str:
+    """The gist of a library error, for one-line user errors."""
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
 @dataclass
 class ImageCaptions:
     """Rows of (image, caption); images load lazily, so a large set costs nothing until encoded."""
@@ -74,7 +79,7 @@ def _hf(cfg: DatasetConfig) -> ImageCaptions:
         data = (datasets.load_from_disk(cfg.path) if Path(cfg.path).exists()
                 else datasets.load_dataset(cfg.path, split=cfg.split))
     except (OSError, ValueError) as error:
-        raise ConfigError("world.dataset.path", f"cannot load dataset {cfg.path!r} ({str(error).splitlines()[0]}); "
+        raise ConfigError("world.dataset.path", f"cannot load dataset {cfg.path!r} ({first_line(error)}); "
                           "give a save_to_disk folder or a reachable datasets name") from None
     if isinstance(data, datasets.DatasetDict):
         if cfg.split not in data:
@@ -126,18 +131,19 @@ def to_pixels(image: Image.Image, resolution: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_pixels(vae: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+def encode_pixels(vae: torch.nn.Module, pixels: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
     """Latents on the CPU as the UNet sees them: the posterior mean (deterministic) times scaling_factor."""
     parameter = next(vae.parameters())
-    posterior = vae.encode(pixels.to(parameter.device, parameter.dtype)).latent_dist
-    return (posterior.mean * vae.config.scaling_factor).float().cpu()
+    means = [vae.encode(chunk.to(parameter.device, parameter.dtype)).latent_dist.mean
+             for chunk in pixels.split(batch_size)]
+    return (torch.cat(means) * vae.config.scaling_factor).float().cpu()
 
 
 class LatentDataset:
     """FinetuneData over an image-caption source; x0 are VAE latents at `resolution` pixels."""
 
     def __init__(self, source: ImageCaptions, vae: torch.nn.Module, resolution: int, cache_latents: bool,
-                 batch_size: int = 32) -> None:
+                 batch_size: int = 64) -> None:
         self.source, self.vae, self.resolution, self.batch_size = source, vae, resolution, batch_size
         self._latents = self._encode_all() if cache_latents else None
 

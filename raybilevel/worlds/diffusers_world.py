@@ -25,7 +25,8 @@ from raybilevel.sampling import sample
 from raybilevel.text import PromptEncoder
 from raybilevel.worlds.base import ConceptData, World
 from raybilevel.worlds.clip_judge import ClipEvaluator, ClipJudge
-from raybilevel.worlds.datasets import LatentDataset, encode_pixels, files_source, image_files, load_source
+from raybilevel.worlds.datasets import (LatentDataset, encode_pixels, files_source, first_line, image_files,
+                                        load_source)
 
 PARTS = ("unet", "text_encoder", "tokenizer", "vae", "scheduler")
 N_PRESERVATION_PROMPTS = 8
@@ -39,12 +40,32 @@ class Teacher:
     scheduler_config: dict
 
 
-def _load_part(load: Callable, pretrained: str, part: str, **kwargs) -> Any:
+def resolve_pipeline(pretrained: str) -> Path:
+    """The local folder of `pretrained`: itself, or a hub snapshot of the parts the world loads."""
+    folder = Path(pretrained)
+    if not folder.is_dir():
+        from diffusers import DiffusionPipeline
+
+        try:
+            # Components passed as None (the 1.2 GB safety checker) are not downloaded.
+            folder = Path(DiffusionPipeline.download(pretrained, use_safetensors=True, safety_checker=None,
+                                                     feature_extractor=None))
+        except (OSError, ValueError) as error:
+            raise ConfigError("world.pretrained", f"{pretrained!r} is neither a folder nor a reachable hub id "
+                              f"({first_line(error)}); give an SD 1.x/2.x pipeline folder or hub id") from None
+    missing = [part for part in PARTS if not (folder / part).is_dir()]
+    if missing:
+        raise ConfigError("world.pretrained", f"{folder} lacks {', '.join(missing)}; "
+                          f"an SD 1.x/2.x pipeline folder holds {', '.join(PARTS)}")
+    return folder
+
+
+def _load_part(load: Callable, folder: Path, part: str, **kwargs) -> Any:
     try:
-        return load(pretrained, subfolder=part, **kwargs)
+        return load(folder, subfolder=part, **kwargs)
     except (OSError, ValueError) as error:
-        raise ConfigError("world.pretrained", f"cannot load {part}/ of {pretrained!r} ({str(error).splitlines()[0]}); "
-                          "give an SD 1.x/2.x pipeline folder or hub id with safetensors weights") from None
+        raise ConfigError("world.pretrained", f"cannot load {folder / part} ({first_line(error)}); "
+                          "SD 1.x/2.x parts with safetensors weights are needed") from None
 
 
 def _training_scheduler_config(raw: dict) -> dict:
@@ -62,18 +83,16 @@ def load_teacher(pretrained: str, device: str | torch.device) -> Teacher:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    folder = Path(pretrained)
-    missing = [part for part in PARTS if folder.is_dir() and not (folder / part).is_dir()]
-    if missing:
-        raise ConfigError("world.pretrained", f"{folder} lacks {', '.join(missing)}; "
-                          f"an SD 1.x/2.x pipeline folder holds {', '.join(PARTS)}")
-    unet, vae, text_encoder = (_load_part(model.from_pretrained, pretrained, part, use_safetensors=True)
-                               .to(device).eval().requires_grad_(False)
-                               for model, part in ((UNet2DConditionModel, "unet"), (AutoencoderKL, "vae"),
-                                                   (CLIPTextModel, "text_encoder")))
-    tokenizer = _load_part(CLIPTokenizer.from_pretrained, pretrained, "tokenizer")
-    scheduler = _training_scheduler_config(_load_part(DDPMScheduler.load_config, pretrained, "scheduler"))
-    return Teacher(unet, vae, PromptEncoder(tokenizer, text_encoder), scheduler)
+    folder = resolve_pipeline(pretrained)
+
+    def frozen(model: Any, part: str) -> torch.nn.Module:
+        loaded = _load_part(model.from_pretrained, folder, part, use_safetensors=True)
+        return loaded.to(device).eval().requires_grad_(False)
+
+    tokenizer = _load_part(CLIPTokenizer.from_pretrained, folder, "tokenizer")
+    scheduler = _training_scheduler_config(_load_part(DDPMScheduler.load_config, folder, "scheduler"))
+    return Teacher(unet=frozen(UNet2DConditionModel, "unet"), vae=frozen(AutoencoderKL, "vae"),
+                   prompts=PromptEncoder(tokenizer, frozen(CLIPTextModel, "text_encoder")), scheduler_config=scheduler)
 
 
 def read_concept_prompts(path: str, default_anchor: str) -> tuple[list[str], list[str]]:
@@ -89,7 +108,8 @@ def read_concept_prompts(path: str, default_anchor: str) -> tuple[list[str], lis
             reader = csv.DictReader(handle)
             rows = list(reader)
         if "prompt" not in (reader.fieldnames or []):
-            raise ConfigError("world.concept_prompts", f"{file} has no 'prompt' column; its columns: {reader.fieldnames}")
+            raise ConfigError("world.concept_prompts",
+                              f"{file} has no 'prompt' column; its columns: {', '.join(reader.fieldnames or [])}")
     rows = [row for row in rows if row["prompt"].strip()]
     if not rows:
         raise ConfigError("world.concept_prompts", f"{file} holds no prompts")
@@ -135,8 +155,8 @@ def concept_sample_file(cfg: WorldConfig, prompts: list[str], sampler: PromptSam
     return cache_dir() / "concept_images" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
 
 
-def sample_concept_latents(cfg: WorldConfig, prompts: list[str], sampler: PromptSampler, seed: int,
-                           ) -> tuple[torch.Tensor, list[str]]:
+def sample_concept_latents(cfg: WorldConfig, prompts: list[str], sampler: PromptSampler,
+                           seed: int) -> tuple[torch.Tensor, list[str]]:
     """n teacher samples of the prompts (cycled), as latents; read from the cache when present."""
     image_prompts = [prompts[i % len(prompts)] for i in range(cfg.n_concept_images)]
     file = concept_sample_file(cfg, prompts, sampler, seed)
@@ -147,14 +167,15 @@ def sample_concept_latents(cfg: WorldConfig, prompts: list[str], sampler: Prompt
     # fine-tuning data's: posterior means of real pixels.
     latents = encode_pixels(sampler.teacher.vae, images)
     file.parent.mkdir(parents=True, exist_ok=True)
-    partial = file.with_suffix(f".{os.getpid()}.partial")  # workers building the same world race: write, then rename
+    # Workers building the same world race for this file: each writes its own copy, then renames it in place.
+    partial = file.with_suffix(f".{os.getpid()}.partial")
     save_file({"latents": latents.contiguous()}, partial)
     os.replace(partial, file)
     return latents, image_prompts
 
 
-def folder_concept_latents(cfg: WorldConfig, prompts: list[str], vae: torch.nn.Module, resolution: int,
-                           ) -> tuple[torch.Tensor, list[str]]:
+def folder_concept_latents(cfg: WorldConfig, prompts: list[str], vae: torch.nn.Module,
+                           resolution: int) -> tuple[torch.Tensor, list[str]]:
     """Encode a folder of concept images; image i is paired with prompt i mod len(prompts)."""
     folder = Path(cfg.concept_images)
     files = image_files(folder) if folder.is_dir() else []
@@ -162,8 +183,8 @@ def folder_concept_latents(cfg: WorldConfig, prompts: list[str], vae: torch.nn.M
         raise ConfigError("world.concept_images", f"no images in {folder}; give a folder of concept images or leave "
                           "it empty to sample them from the teacher")
     image_prompts = [prompts[i % len(prompts)] for i in range(len(files))]
-    return LatentDataset(files_source(files, image_prompts), vae, resolution, cache_latents=False).get_batch(
-        list(range(len(files))))
+    encoded = LatentDataset(files_source(files, image_prompts), vae, resolution, cache_latents=True)
+    return encoded.get_batch(list(range(len(files))))
 
 
 def build_diffusers_world(cfg: WorldConfig, seed: int, device: str | torch.device = "cpu",
@@ -189,9 +210,9 @@ def build_diffusers_world(cfg: WorldConfig, seed: int, device: str | torch.devic
     images, image_prompts = (folder_concept_latents(cfg, prompts, teacher.vae, resolution) if cfg.concept_images
                              else sample_concept_latents(cfg, prompts, sampler, seed))
     unique_captions = sorted(set(source.captions))
-    concept = ConceptData(
-        name=cfg.concept, prompts=prompts, anchor_prompts=anchors, images=images, image_prompts=image_prompts,
-        preservation_prompts=random.Random(seed).sample(unique_captions, min(N_PRESERVATION_PROMPTS, len(unique_captions))))
+    preservation = random.Random(seed).sample(unique_captions, min(N_PRESERVATION_PROMPTS, len(unique_captions)))
+    concept = ConceptData(name=cfg.concept, prompts=prompts, anchor_prompts=anchors, images=images,
+                          image_prompts=image_prompts, preservation_prompts=preservation)
     return World(
         name=f"diffusers:{cfg.pretrained}", teacher=teacher.unet, prompts=teacher.prompts,
         scheduler_config=teacher.scheduler_config, sample_shape=sample_shape, finetune=data, concept=concept,

@@ -20,7 +20,7 @@ from raybilevel.config import DatasetConfig, WorldConfig
 CONCEPT = "watercolor"
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 240), "yellow": (240, 210, 30)}
 SHAPES = ("circle", "square")
-VOCABULARY = ("a", "photo", "of", "painting", CONCEPT, *COLOURS, *SHAPES)
+VOCABULARY = ("a", CONCEPT, *COLOURS, *SHAPES)  # the words of every tiny caption and concept prompt
 TEXT_MAX_LENGTH = 16
 IMAGE_SIZE = 16  # pixels: 8 x 8 latents through a VAE with scale factor 2
 DATA_IMAGE_SIZE = (24, 18)  # not square and not 16 px, so the data pipeline must resize and crop
@@ -92,12 +92,12 @@ def build_tiny_clip_judge(folder: str | Path, seed: int = 0) -> Path:
     return Path(folder)
 
 
-def captions() -> list[str]:
-    """Every caption the tiny dataset uses; none holds the concept."""
-    return [f"a {colour} {shape}" for colour, shape in product(COLOURS, SHAPES)]
+def caption(colour: str, shape: str) -> str:
+    """The tiny dataset's caption; it never names the concept."""
+    return f"a {colour} {shape}"
 
 
-def build_tiny_imagefolder(folder: str | Path, n: int = 32, seed: int = 0, caption_column: str = "text") -> Path:
+def build_tiny_imagefolder(folder: str | Path, n: int = 32, seed: int = 0) -> Path:
     """n small PNGs of coloured shapes with metadata.jsonl (file_name + caption), in imagefolder layout."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -111,7 +111,7 @@ def build_tiny_imagefolder(folder: str | Path, n: int = 32, seed: int = 0, capti
         draw = ImageDraw.Draw(image)
         (draw.ellipse if shape == "circle" else draw.rectangle)((x, y, x + 9, y + 9), fill=COLOURS[colour])
         image.save(folder / f"{i:04d}.png")
-        rows.append({"file_name": f"{i:04d}.png", caption_column: f"a {colour} {shape}"})
+        rows.append({"file_name": f"{i:04d}.png", "text": caption(colour, shape)})
     (folder / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return folder
 
@@ -119,7 +119,8 @@ def build_tiny_imagefolder(folder: str | Path, n: int = 32, seed: int = 0, capti
 def write_concept_prompts(path: str | Path, n: int = 4) -> Path:
     """Concept prompts ("a red circle, watercolor"): a .csv with their anchors, or a .txt without."""
     path = Path(path)
-    pairs = [(f"{caption}, {CONCEPT}", caption) for caption in captions()[:n]]
+    anchors = [caption(colour, shape) for colour, shape in product(COLOURS, SHAPES)][:n]
+    pairs = [(f"{anchor}, {CONCEPT}", anchor) for anchor in anchors]
     if path.suffix == ".csv":
         with path.open("w", newline="") as handle:
             csv.writer(handle).writerows([("prompt", "anchor"), *pairs])

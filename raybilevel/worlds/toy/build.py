@@ -20,7 +20,7 @@ from tqdm import tqdm
 from raybilevel.text import PromptEncoder
 from raybilevel.worlds.toy import data, models
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parent / "assets"  # where `raybilevel toy build` writes by default
 
 
 def build_text_stack(out: Path, seed: int) -> PromptEncoder:
@@ -73,13 +73,15 @@ def train_teacher(out: Path, *, seed: int = 0, steps: int = 3000, batch_size: in
             "final_loss_mean_last100": float(np.mean(losses[-100:])), "seconds": time.time() - started}
 
 
-def train_judge(out_file: Path, *, seed: int = 0, epochs: int = 4, n_images: int = 19_200) -> dict:
+def train_judge(out_file: Path, *, seed: int = 0, epochs: int = 6, n_images: int = 19_200) -> dict:
     torch.manual_seed(seed)
     judge = models.Judge()
     train, held_out = data.generate(n_images, seed=seed + 1), data.generate(2048, seed=seed + 2)
     images = torch.from_numpy(train.images)
     labels = {k: torch.from_numpy(v) for k, v in train.labels.items()}
     optimizer = torch.optim.AdamW(judge.parameters(), lr=3e-3)
+    batches_per_epoch = -(-len(images) // 128)
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * batches_per_epoch)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         for idx in torch.randperm(len(images), generator=gen).split(128):
@@ -88,6 +90,7 @@ def train_judge(out_file: Path, *, seed: int = 0, epochs: int = 4, n_images: int
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            decay.step()
     judge.eval()
     with torch.no_grad():
         _, logits = judge(torch.from_numpy(held_out.images))

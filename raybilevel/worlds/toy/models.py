@@ -73,7 +73,8 @@ class Judge(nn.Module):
             nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(),
             nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            # keep the 4x4 layout: global pooling blurred striped circles into striped squares
+            nn.Flatten(), nn.Linear(64 * (RESOLUTION // 4) ** 2, self.feature_dim), nn.ReLU(),
         )
         self.heads = nn.ModuleDict({name: nn.Linear(self.feature_dim, len(values))
                                     for name, values in ATTRIBUTES.items()})

@@ -1,6 +1,7 @@
 """The embedded toy world as a `World`: shipped teacher + judge, procedural data, no downloads."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,12 @@ from raybilevel.worlds.base import ConceptData, World
 from raybilevel.worlds.toy import data
 from raybilevel.worlds.toy.judge import ToyEvaluator, load_judge
 
-ASSETS = Path(__file__).parent / "assets"
+SHIPPED_ASSETS = Path(__file__).parent / "assets"
+
+
+def assets_dir() -> Path:
+    """The shipped teacher and judge, or a rebuilt set named by RAYBILEVEL_TOY_ASSETS."""
+    return Path(os.environ.get("RAYBILEVEL_TOY_ASSETS", SHIPPED_ASSETS))
 DEFAULT_STEPS, DEFAULT_GUIDANCE = 25, 1.5  # guidance 1.5 drew the cleanest samples (PLATFORM-NOTES)
 
 
@@ -32,27 +38,29 @@ class ToyFinetuneData:
         return self.images[indices], [self.captions[i] for i in indices]
 
 
-def load_teacher_stack(folder: Path = ASSETS / "teacher"):
+def load_teacher_stack(folder: Path, device: str | torch.device = "cpu"):
     from diffusers import UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel
 
     if not (folder / "unet").is_dir():
         raise UserError(f"the toy teacher is missing at {folder}; rebuild it with `raybilevel toy build`")
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet", use_safetensors=True).eval().requires_grad_(False)
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", use_safetensors=True).to(device)
+    unet.eval().requires_grad_(False)
     prompts = PromptEncoder(AutoTokenizer.from_pretrained(folder / "tokenizer"),
-                            CLIPTextModel.from_pretrained(folder / "text_encoder", use_safetensors=True))
+                            CLIPTextModel.from_pretrained(folder / "text_encoder", use_safetensors=True).to(device))
     from diffusers import DDPMScheduler
 
     scheduler_config = dict(DDPMScheduler.from_pretrained(folder / "scheduler").config)
     return unet, prompts, scheduler_config
 
 
-def build_toy_world(cfg: WorldConfig, seed: int) -> World:
+def build_toy_world(cfg: WorldConfig, seed: int, device: str | torch.device = "cpu") -> World:
     try:
         data.attribute_of(cfg.concept)
     except ValueError as error:
         raise UserError(f"world.concept: {error}") from None
-    teacher, prompts, scheduler_config = load_teacher_stack()
+    assets = assets_dir()
+    teacher, prompts, scheduler_config = load_teacher_stack(assets / "teacher", device)
     steps, guidance = cfg.sampling_steps or DEFAULT_STEPS, cfg.guidance or DEFAULT_GUIDANCE
     samples = data.generate(cfg.toy_images, seed=seed + 101, exclude=cfg.concept)
     concept_items = data.items_with(cfg.concept)
@@ -68,12 +76,12 @@ def build_toy_world(cfg: WorldConfig, seed: int) -> World:
         image_prompts=image_prompts,
         preservation_prompts=[data.caption(item) for item in data.items_without(cfg.concept)],
     )
-    evaluator = ToyEvaluator(load_judge(ASSETS / "judge.safetensors"), prompts, scheduler_config,
+    evaluator = ToyEvaluator(load_judge(assets / "judge.safetensors"), prompts, scheduler_config,
                              cfg.concept, steps, guidance)
     return World(
         name="toy", teacher=teacher, prompts=prompts, scheduler_config=scheduler_config,
         sample_shape=(3, data.RESOLUTION, data.RESOLUTION),
         finetune=ToyFinetuneData(torch.from_numpy(samples.images), samples.captions), concept=concept,
         evaluator=evaluator, sampling={"steps": steps, "guidance": guidance},
-        info={"world": "toy", "concept": cfg.concept, "assets": str(ASSETS)},
+        info={"world": "toy", "concept": cfg.concept, "assets": str(assets)},
     )

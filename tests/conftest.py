@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny settings so a toy-world run takes seconds on one CPU thread."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+TINY = [
+    "train.steps=4", "solver.K=2", "solver.erase_fraction=0.5", "train.checkpoint_every=2",
+    "world.toy_images=128", "world.n_concept_images=8", "world.sampling_steps=2",
+    "lower.batch_size=8", "upper.batch_size=4", "eval.n_samples=8", "train.log_every=1",
+]
+
+
+def read_scalars(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "scalars.jsonl").read_text().splitlines()]
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "raybilevel", *args]
+
+
+@pytest.fixture
+def tiny() -> list[str]:
+    return list(TINY)

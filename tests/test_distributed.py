@@ -1,0 +1,57 @@
+"""DeepSpeed ZeRO 0-3 with one process (in this process) and with two (torchrun)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, read_scalars
+from raybilevel.config import load_config
+from raybilevel.pruning import load_student
+from raybilevel.train import train
+
+
+@pytest.mark.parametrize("stage, precision, solver", [
+    (1, "fp32", "alternating"), (2, "fp32", "penalty"), (3, "fp32", "penalty"),
+    (0, "bf16", "alternating"), (2, "bf16", "joint"), (3, "bf16", "alternating"),
+])
+def test_zero_stages_and_precisions_in_one_process(tmp_path, stage, precision, solver):
+    cfg = load_config(None, TINY + [f"engine.zero_stage={stage}", f"engine.precision={precision}",
+                                    f"solver.name={solver}", "eval.enabled=false"])
+    metrics = train(cfg, tmp_path / "run")
+    rows = read_scalars(tmp_path / "run")
+    assert len(rows) == 4 and all(math.isfinite(r["lower"]) for r in rows)
+    assert metrics["world_size"] == 1
+    assert load_student(tmp_path / "run" / "student").model is not None
+
+
+def test_gradient_accumulation_counts_micro_batches(tmp_path):
+    metrics = train(load_config(None, TINY + ["engine.grad_accum=2", "solver.name=alternating", "eval.enabled=false"]),
+                    tmp_path / "run")
+    assert (metrics["budget"]["lower_fb"], metrics["budget"]["upper_fb"]) == (8, 4)
+
+
+@pytest.mark.slow
+def test_two_processes_zero_0_to_3_and_resume(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    worker = Path(__file__).parent / "dist_worker.py"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29631",
+         str(worker), str(tmp_path), "penalty", "0", "1", "2", "3"],
+        capture_output=True, text=True, timeout=1200, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for stage in range(4):
+        run = tmp_path / f"stage_{stage}"
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["world_size"] == 2 and metrics["budget"]["lower_fb"] == 6
+        assert len(read_scalars(run)) == 4
+        shards = list((run / "checkpoints" / "step_00000004" / "theta").glob("*optim_states.pt"))
+        assert len(shards) == (2 if stage > 0 else 1)  # ZeRO >= 1 partitions optimizer state per rank
+        load_student(run / "student")
+    assert read_scalars(tmp_path / "resumed") == read_scalars(tmp_path / "stage_2")
+    assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["resumed_from"] == 2

@@ -1,0 +1,117 @@
+"""The method end to end on the toy world, in this process (one rank), through the real train()."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import TINY, cli, read_scalars
+from raybilevel.config import load_config
+from raybilevel.errors import UserError
+from raybilevel.pruning import load_student
+from raybilevel.train import train
+
+# Passes each solver spends in 4 steps with K=2 and erase_fraction 0.5: the budget accounting is exact.
+EXPECTED_BUDGET = {
+    "distill_only": (4, 0, 0),
+    "joint": (4, 4, 0),
+    "alternating": (4, 2, 0),
+    "two_stage": (2, 2, 0),
+    "penalty": (6, 2, 4),   # 4 inner steps on the copy + 2 outer steps (L_ft and L_cu) + 2 gap evaluations
+    "adaptive": (6, 2, 4),
+}
+
+
+def _train(tmp_path, *overrides: str, name: str = "run"):
+    cfg = load_config(None, TINY + list(overrides))
+    out = tmp_path / name
+    return train(cfg, out), out
+
+
+@pytest.mark.parametrize("pruning", ["magnitude", "channels", "blocks"])
+@pytest.mark.parametrize("unlearning", ["esd_x", "ablation"])
+@pytest.mark.parametrize("solver", sorted(EXPECTED_BUDGET))
+def test_every_solver_unlearning_and_pruning_method_trains(tmp_path, solver, unlearning, pruning):
+    metrics, out = _train(tmp_path, f"solver.name={solver}", f"upper.method={unlearning}",
+                          f"pruning.method={pruning}", "eval.enabled=false")
+    budget = metrics["budget"]
+    assert (budget["lower_fb"], budget["upper_fb"], budget["student_forward"]) == EXPECTED_BUDGET[solver]
+    rows = read_scalars(out)
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    assert all(math.isfinite(v) for r in rows for k, v in r.items() if k != "step")
+    assert any("upper" in r for r in rows) == (solver != "distill_only")
+    if solver in ("penalty", "adaptive"):
+        assert {"value_gap", "lambda"} <= set(rows[1]) and rows[1]["lambda"] > 0
+    student = load_student(out / "student")
+    assert student.description["method"] == pruning
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
+
+
+def test_lower_loss_decreases_over_a_short_distillation(tmp_path):
+    _, out = _train(tmp_path, "solver.name=distill_only", "train.steps=30", "train.checkpoint_every=0",
+                    "lower.lr=2e-3", "eval.enabled=false")
+    losses = [r["lower"] for r in read_scalars(out)]
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+
+
+@pytest.mark.parametrize("solver", ["alternating", "adaptive", "two_stage"])
+def test_resume_continues_the_exact_loss_curve(tmp_path, solver):
+    """Kill after the step-2 checkpoint (simulated by deleting what came later): the rerun resumes at
+    step 2 and logs exactly the losses, value gaps and lambdas of the uninterrupted run."""
+    _, out = _train(tmp_path, f"solver.name={solver}", "deterministic=true", "eval.enabled=false")
+    uninterrupted = read_scalars(out)
+    shutil.rmtree(out / "checkpoints" / "step_00000004")
+    metrics, _ = _train(tmp_path, f"solver.name={solver}", "deterministic=true", "eval.enabled=false")
+    assert metrics["resumed_from"] == 2
+    assert read_scalars(out) == uninterrupted
+
+
+def test_output_directory_of_another_run_is_refused_and_kept(tmp_path):
+    _, out = _train(tmp_path, "eval.enabled=false")
+    before = (out / "config.yaml").read_text()
+    with pytest.raises(UserError, match="holds another run .solver.K"):
+        _train(tmp_path, "eval.enabled=false", "solver.K=3")
+    assert (out / "config.yaml").read_text() == before
+
+
+def test_cli_writes_a_complete_run_directory(tmp_path):
+    out = tmp_path / "cli_run"
+    result = subprocess.run(cli("train", "--output", str(out), *sum((["--set", s] for s in TINY), []),
+                                "--set", "train.sample_every=2"), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("quality", "concept_rate", "concept_rate_floor", "attribute_accuracy", "paraphrase_concept_rate"):
+        assert key in metrics
+    assert metrics["n_samples_per_group"] == 8 and metrics["quality"] >= 0
+    assert load_config(out / "config.yaml").solver.K == 2
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tensorboard")).Reload()
+    assert "train/lower" in acc.Tags()["scalars"] and "samples/concept_then_unrelated" in acc.Tags()["images"]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--set", "solver.name=sgd"], "unknown solver 'sgd'"),
+    (["--set", "upper.method=erase_all"], "unknown unlearning method 'erase_all'"),
+    (["--set", "pruning.method=random"], "unknown pruning method 'random'"),
+    (["--set", "world.concept=dragon"], "unknown toy concept 'dragon'"),
+    (["--set", "pruning.sparsity=1.5"], "'pruning.sparsity'"),
+    (["--config", "/nonexistent.yaml"], "no file at"),
+])
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, args, words):
+    result = subprocess.run(cli("train", "--output", str(tmp_path / "x"), *args, *sum((["--set", s] for s in TINY), [])),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("raybilevel: error:")]
+    assert len(lines) == 1 and words in lines[0], result.stderr[-1500:]
+    assert "Traceback" not in result.stderr
+
+
+def test_dry_run_prints_the_resolved_config():
+    result = subprocess.run(cli("train", "--dry-run", "--set", "solver.K=7"), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "K: 7" in result.stdout
