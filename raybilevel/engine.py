@@ -39,10 +39,12 @@ def init_distributed() -> DistInfo:
 
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if "RANK" not in os.environ:
+        if "WORLD_SIZE" not in os.environ:
             # A lone process: an in-memory store needs no port (a probed free port can be taken by
-            # another process before the store binds it), and the variables keep DeepSpeed off MPI.
-            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+            # another process first), and with the group up DeepSpeed skips its MPI discovery. Only
+            # LOCAL_RANK (which DeepSpeed's engine insists on) is exported: without WORLD_SIZE a
+            # subprocess does not mistake itself for a launched rank.
+            os.environ.setdefault("LOCAL_RANK", "0")
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
         deepspeed.init_distributed(dist_backend=backend)
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
@@ -159,6 +161,20 @@ def save_checkpoint(root: Path, step: int, trainables: dict[str, DeepSpeedTraina
             shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final
+
+
+def save_rank_checkpoint(folder: Path, step: int, trainables: dict[str, DeepSpeedTrainable], state: dict[str, Any],
+                         dist_info: DistInfo) -> Path:
+    """Every rank writes its own shards into its own (node-local) `folder`; rank 0 adds state.json.
+
+    For Ray Train, which merges the folders of all ranks into one checkpoint in its storage and commits
+    it only once every rank has reported, so no shared filesystem and no rename are needed here."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for trainable in trainables.values():
+        trainable.save(folder)
+    if dist_info.is_main:
+        write_json_atomic(folder / "state.json", state | {"step": step})
+    return folder
 
 
 def load_checkpoint(folder: Path, trainables: dict[str, DeepSpeedTrainable]) -> dict[str, Any]:

@@ -1,0 +1,122 @@
+"""Does distillation leak an erased concept into a pruned student, and which solver removes it best?
+
+Cells (toy world, concept "striped" by default, fine-tuning data without it, channels pruning at 50%):
+  teacher        the unpruned teacher, evaluated as shipped
+  ddpm_only      distill_only solver, lower weights 1/0/0 (no distillation)
+  distill        distill_only solver, lower weights 1/2/0.1 (output + feature KD)
+  alternating, penalty, adaptive   the bilevel solvers (ESD-x upper level)
+  two_stage, joint                 the baselines
+Every trained cell runs the same number of solver iterations (one lower step each); the passes each
+cell spent are in the table. Each cell runs --seeds seeds; metrics are mean ± standard deviation.
+
+usage: python benchmarks/leakage.py [--steps 800] [--seeds 0 1 2] [--samples 512] [--parallel 2]
+Results: benchmarks/results/leakage.{json,md}; run folders under runs/benchmarks/leakage/ (not in git).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "runs" / "benchmarks" / "leakage"
+RESULTS = ROOT / "benchmarks" / "results"
+
+CELLS: dict[str, list[str]] = {
+    "ddpm_only": ["solver.name=distill_only", "lower.w_diff=1", "lower.w_out=0", "lower.w_feat=0"],
+    "distill": ["solver.name=distill_only"],
+    "alternating": ["solver.name=alternating"],
+    "penalty": ["solver.name=penalty"],
+    "adaptive": ["solver.name=adaptive"],
+    "two_stage": ["solver.name=two_stage"],
+    "joint": ["solver.name=joint"],
+}
+METRICS = ("concept_rate", "concept_rate_floor", "concept_rate_raw", "paraphrase_concept_rate",
+           "attribute_accuracy", "quality")
+
+
+def _run(args: list[str], log: Path) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    with open(log, "w") as out:
+        subprocess.run([sys.executable, "-m", "raybilevel", *args], stdout=out, stderr=subprocess.STDOUT,
+                       env=env, check=True, cwd=ROOT)
+
+
+def job(cell: str, seed: int, opts: argparse.Namespace) -> tuple[str, int, dict]:
+    folder = RUNS / f"{cell}_s{seed}"
+    common = ["--set", f"seed={seed}", "--set", f"eval.seed={1000 + seed}", "--set", f"eval.n_samples={opts.samples}",
+              "--set", f"world.concept={opts.concept}"]
+    if not (folder / "metrics.json").exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        if cell == "teacher":
+            folder.mkdir(exist_ok=True)
+            _run(["eval", "--student", "teacher", "--output", str(folder / "metrics.json"), *common], folder.with_suffix(".log"))
+        else:
+            sets = sum((["--set", s] for s in CELLS[cell] + [f"train.steps={opts.steps}", "train.checkpoint_every=0"]), [])
+            _run(["train", "--output", str(folder), *common, *sets], folder.with_suffix(".log"))
+    return cell, seed, json.loads((folder / "metrics.json").read_text())
+
+
+def summarise(results: list[tuple[str, int, dict]]) -> dict[str, dict]:
+    table: dict[str, dict] = {}
+    for cell in ["teacher", *CELLS]:
+        rows = [m for c, _, m in results if c == cell]
+        if not rows:
+            continue
+        entry = {"n_seeds": len(rows)}
+        for key in METRICS:
+            values = [r[key] for r in rows if r.get(key) is not None]
+            entry[key] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0) if values else None
+        if "budget" in rows[0]:
+            entry["passes"] = rows[0]["budget"]
+            entry["seconds_per_step"] = statistics.mean(r["seconds_per_step"] for r in rows)
+        entry["peak_rss_mb"] = max(r.get("peak_rss_mb", 0) for r in rows)
+        table[cell] = entry
+    return table
+
+
+def markdown(table: dict[str, dict], opts: argparse.Namespace) -> str:
+    def fmt(v, digits=3):
+        return "–" if v is None else f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}"
+
+    lines = [f"concept `{opts.concept}`, {opts.steps} steps, seeds {opts.seeds}, {opts.samples} samples per prompt group per seed",
+             "", "| cell | concept rate ↓ | floor | raw rate | paraphrase rate ↓ | attribute acc ↑ | quality (FD) ↓ | lower/upper passes | s/step |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for cell, e in table.items():
+        passes = f"{e['passes']['lower_fb']}/{e['passes']['upper_fb']}" if "passes" in e else "–"
+        step = f"{e['seconds_per_step']:.3f}" if "seconds_per_step" in e else "–"
+        lines.append(f"| {cell} | {fmt(e['concept_rate'])} | {fmt(e['concept_rate_floor'])} | {fmt(e['concept_rate_raw'])} | "
+                     f"{fmt(e['paraphrase_concept_rate'])} | {fmt(e['attribute_accuracy'])} | {fmt(e['quality'], 1)} | {passes} | {step} |")
+    lines.append(f"\npeak RSS of one run: {max(e['peak_rss_mb'] for e in table.values()):.0f} MB")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--samples", type=int, default=512)
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--concept", default="striped")
+    parser.add_argument("--cells", nargs="+", default=["teacher", *CELLS])
+    opts = parser.parse_args()
+    started = time.time()
+    jobs = [(cell, seed) for seed in opts.seeds for cell in opts.cells]
+    with ThreadPoolExecutor(opts.parallel) as pool:
+        results = list(pool.map(lambda cs: job(*cs, opts), jobs))
+    table = summarise(results)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "leakage.json").write_text(json.dumps({"settings": vars(opts), "table": table,
+                                                       "wall_seconds": time.time() - started}, indent=2))
+    (RESULTS / "leakage.md").write_text(markdown(table, opts))
+    print(markdown(table, opts))
+
+
+if __name__ == "__main__":
+    main()
