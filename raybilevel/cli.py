@@ -79,7 +79,8 @@ def cmd_toy(args: argparse.Namespace) -> int:
 
     if args.action == "build":
         report = build.build(Path(args.output) if args.output else build.ASSETS, seed=args.seed,
-                             teacher_steps=args.teacher_steps, judge_only=args.judge_only)
+                             teacher_steps=args.teacher_steps, judge_epochs=args.judge_epochs,
+                             n_images=args.images, judge_only=args.judge_only)
         print(json.dumps(report, indent=2))
         return 0
     from raybilevel.worlds.toy.inspect import inspect_world
@@ -113,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--output", help="build: assets folder (default: the package's); inspect: report folder")
     toy.add_argument("--seed", type=int, default=0)
     toy.add_argument("--teacher-steps", type=int, default=3000)
+    toy.add_argument("--judge-epochs", type=int, default=6)
+    toy.add_argument("--images", type=int, default=19_200, help="build: training images for teacher and judge")
     toy.add_argument("--judge-only", action="store_true", help="rebuild only the judge")
     toy.add_argument("--n-samples", type=int, default=256, help="inspect: teacher samples per prompt group")
     toy.set_defaults(func=cmd_toy)

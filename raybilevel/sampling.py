@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from tqdm import tqdm
 
 
 @torch.no_grad()
@@ -22,7 +23,8 @@ def sample(unet, scheduler_config: dict, prompt_embeds: torch.Tensor, empty_embe
     was_training = unet.training
     unet.eval()
     out = []
-    for start in range(0, prompt_embeds.shape[0], batch_size):
+    starts = range(0, prompt_embeds.shape[0], batch_size)
+    for start in tqdm(starts, desc="sampling", unit="batch", leave=False, disable=len(starts) < 2):
         cond = prompt_embeds[start:start + batch_size].to(device, dtype)
         n = cond.shape[0]
         uncond = empty_embed.to(device, dtype).expand(n, -1, -1)

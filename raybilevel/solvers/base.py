@@ -129,6 +129,7 @@ class Solver(ABC):
                 raise FloatingPointError(f"non-finite loss at step {step} ({level}): {logged}")
             who.backward(loss)
             who.step(level, lr)
+        logged[f"lr_{level}"] = lr
         return logged
 
     # ---- state

@@ -69,7 +69,8 @@ def train_teacher(out: Path, *, seed: int = 0, steps: int = 3000, batch_size: in
                 p_ema.lerp_(p, 1 - ema_decay)
         losses.append(loss.item())
     ema.save_pretrained(out / "unet")
-    return {"seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
+    return {"seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr, "warmup": warmup, "ema_decay": ema_decay,
+            "caption_drop": caption_drop, "n_images": n_images,
             "final_loss_mean_last100": float(np.mean(losses[-100:])), "seconds": time.time() - started}
 
 
@@ -96,17 +97,19 @@ def train_judge(out_file: Path, *, seed: int = 0, epochs: int = 6, n_images: int
         _, logits = judge(torch.from_numpy(held_out.images))
     accuracy = {k: float((logits[k].argmax(1).numpy() == held_out.labels[k]).mean()) for k in logits}
     save_file(judge.state_dict(), out_file)
-    return {"seed": seed, "epochs": epochs, "held_out_accuracy": accuracy}
+    return {"seed": seed, "epochs": epochs, "n_images": n_images, "held_out_accuracy": accuracy}
 
 
-def build(out: Path = ASSETS, *, seed: int = 0, teacher_steps: int = 3000, judge_only: bool = False) -> dict:
+def build(out: Path = ASSETS, *, seed: int = 0, teacher_steps: int = 3000, judge_epochs: int = 6,
+          n_images: int = 19_200, judge_only: bool = False) -> dict:
+    """Train the judge (and the teacher unless judge_only) into `out`; the defaults made the shipped assets."""
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     report_file = out / "build.json"
     report = json.loads(report_file.read_text()) if report_file.exists() else {}
-    report["judge"] = train_judge(out / "judge.safetensors", seed=seed)
+    report["judge"] = train_judge(out / "judge.safetensors", seed=seed, epochs=judge_epochs, n_images=n_images)
     if not judge_only:
-        report["teacher"] = train_teacher(out / "teacher", seed=seed, steps=teacher_steps)
+        report["teacher"] = train_teacher(out / "teacher", seed=seed, steps=teacher_steps, n_images=n_images,
+                                          warmup=min(200, teacher_steps // 2))
     report["torch"] = torch.__version__
     report_file.write_text(json.dumps(report, indent=2))
     return report
