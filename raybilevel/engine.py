@@ -70,6 +70,30 @@ def deepspeed_config(cfg: EngineConfig, micro_batch: int) -> dict[str, Any]:
     }
 
 
+def _weights_only_checkpoint_engine(config):
+    """DeepSpeed's torch checkpoint engine loads with weights_only=False (any pickle runs); this one
+    refuses everything but tensors and plain containers, so a tampered checkpoint cannot run code."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    # DeepSpeed's own plain-data types in its checkpoints: an enum and two attribute-only classes,
+    # rebuilt from their values without calling any function.
+    allowed = [ZeroStageEnum, LossScaler, fragment_address]
+
+    class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
+        def load(self, path: str, map_location=None):
+            try:
+                with torch.serialization.safe_globals(allowed):
+                    return torch.load(path, map_location=map_location, weights_only=True)
+            except Exception as error:  # torch raises UnpicklingError or RuntimeError by version
+                raise UserError(f"refusing checkpoint file {path}: it is not plain tensors and containers "
+                                f"({str(error).splitlines()[0][:160]}); it was not written by raybilevel") from None
+
+    return WeightsOnlyCheckpointEngine(config)
+
+
 class DeepSpeedTrainable:
     """One parameter set on one DeepSpeed engine; `step(level, lr)` picks BilevelAdamW's state."""
 
@@ -82,6 +106,7 @@ class DeepSpeedTrainable:
         self.optimizer = BilevelAdamW(param_groups, weight_decay=weight_decay)
         self.engine, *_ = deepspeed.initialize(model=module, optimizer=self.optimizer, config=ds_config,
                                                dist_init_required=False)
+        self.engine.checkpoint_engine = _weights_only_checkpoint_engine(self.engine._config)
         self.module = self.engine.module
         self.dtype = torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float32
         self.after_step = after_step

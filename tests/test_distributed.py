@@ -4,14 +4,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import TINY, read_scalars
 from raybilevel.config import load_config
+from raybilevel.errors import UserError
 from raybilevel.pruning import load_student
 from raybilevel.train import train
 
@@ -25,9 +28,30 @@ def test_zero_stages_and_precisions_in_one_process(tmp_path, stage, precision, s
                                     f"solver.name={solver}", "eval.enabled=false"])
     metrics = train(cfg, tmp_path / "run")
     rows = read_scalars(tmp_path / "run")
-    assert len(rows) == 4 and all(math.isfinite(r["lower"]) for r in rows)
+    assert len(rows) == 4 and all(math.isfinite(v) for r in rows for v in r.values())
     assert metrics["world_size"] == 1
     assert load_student(tmp_path / "run" / "student").model is not None
+    # resume through the weights-only checkpoint loader: same steps, same losses
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step_00000004")
+    assert train(cfg, tmp_path / "run")["resumed_from"] == 2
+    assert read_scalars(tmp_path / "run") == rows
+
+
+def test_a_crafted_pickle_checkpoint_is_refused(tmp_path):
+    cfg = load_config(None, TINY + ["eval.enabled=false"])
+    train(cfg, tmp_path / "run")
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step_00000004")
+    marker = tmp_path / "pwned"
+    target = next((tmp_path / "run" / "checkpoints" / "step_00000002" / "theta").glob("*model_states.pt"))
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"module": Exploit()}, target)
+    with pytest.raises(UserError, match="refusing checkpoint file"):
+        train(cfg, tmp_path / "run")
+    assert not marker.exists()
 
 
 def test_gradient_accumulation_counts_micro_batches(tmp_path):
