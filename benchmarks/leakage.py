@@ -85,13 +85,14 @@ def markdown(table: dict[str, dict], opts: argparse.Namespace) -> str:
     def fmt(v, digits=3):
         return "–" if v is None else f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}"
 
-    lines = [f"concept `{opts.concept}`, {opts.steps} steps, seeds {opts.seeds}, {opts.samples} samples per prompt group per seed",
-             "", "| cell | concept rate ↓ | floor | raw rate | paraphrase rate ↓ | attribute acc ↑ | quality (FD) ↓ | lower/upper passes | s/step |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"concept `{opts.concept}`, {opts.steps} steps, {opts.samples} samples per prompt group per seed; "
+             f"n_seeds per cell in the table (seeds asked: {opts.seeds})",
+             "", "| cell | seeds | concept rate ↓ | floor | raw rate | paraphrase rate ↓ | attribute acc ↑ | quality (FD) ↓ | lower/upper passes | s/step |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for cell, e in table.items():
         passes = f"{e['passes']['lower_fb']}/{e['passes']['upper_fb']}" if "passes" in e else "–"
         step = f"{e['seconds_per_step']:.3f}" if "seconds_per_step" in e else "–"
-        lines.append(f"| {cell} | {fmt(e['concept_rate'])} | {fmt(e['concept_rate_floor'])} | {fmt(e['concept_rate_raw'])} | "
+        lines.append(f"| {cell} | {e['n_seeds']} | {fmt(e['concept_rate'])} | {fmt(e['concept_rate_floor'])} | {fmt(e['concept_rate_raw'])} | "
                      f"{fmt(e['paraphrase_concept_rate'])} | {fmt(e['attribute_accuracy'])} | {fmt(e['quality'], 1)} | {passes} | {step} |")
     lines.append(f"\npeak RSS of one run: {max(e['peak_rss_mb'] for e in table.values()):.0f} MB")
     return "\n".join(lines) + "\n"
@@ -105,11 +106,16 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--concept", default="striped")
     parser.add_argument("--cells", nargs="+", default=["teacher", *CELLS])
+    parser.add_argument("--summarise-only", action="store_true", help="tabulate the runs that finished, run nothing")
     opts = parser.parse_args()
     started = time.time()
-    jobs = [(cell, seed) for seed in opts.seeds for cell in opts.cells]
-    with ThreadPoolExecutor(opts.parallel) as pool:
-        results = list(pool.map(lambda cs: job(*cs, opts), jobs))
+    jobs = [(cell, seed) for seed in opts.seeds for cell in opts.cells]  # seed-major: whole seeds finish first
+    if opts.summarise_only:
+        results = [(c, s, json.loads((RUNS / f"{c}_s{s}" / "metrics.json").read_text())) for c, s in jobs
+                   if (RUNS / f"{c}_s{s}" / "metrics.json").exists()]
+    else:
+        with ThreadPoolExecutor(opts.parallel) as pool:
+            results = list(pool.map(lambda cs: job(*cs, opts), jobs))
     table = summarise(results)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "leakage.json").write_text(json.dumps({"settings": vars(opts), "table": table,

@@ -1,4 +1,6 @@
-"""`raybilevel train | prune | eval | toy`. Bad input exits 2 with one line naming the field and the fix."""
+"""`raybilevel train | prune | eval | toy | tune | report`.
+
+Bad input exits 2 with one line naming the field and the fix."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from raybilevel.cli_ray import add_ray_commands
 from raybilevel.errors import UserError
 
 
@@ -119,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--judge-only", action="store_true", help="rebuild only the judge")
     toy.add_argument("--n-samples", type=int, default=256, help="inspect: teacher samples per prompt group")
     toy.set_defaults(func=cmd_toy)
+
+    add_ray_commands(sub)  # tune, report
     return parser
 
 

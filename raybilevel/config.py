@@ -245,6 +245,8 @@ class TrainConfig:
     Args:
         steps: solver iterations. log_every: scalar logging period. checkpoint_every: 0 = only at the end.
         sample_every: sample-grid period for TensorBoard (0 = off). keep_checkpoints: how many to keep.
+        eval_every: evaluate the student with `eval`'s settings every this many steps during training
+            (0 = off); each result lands in evals.jsonl, TensorBoard (eval/*) and the caller's hooks.
     """
 
     steps: int = 800
@@ -252,11 +254,13 @@ class TrainConfig:
     checkpoint_every: int = 200
     sample_every: int = 0
     keep_checkpoints: int = 2
+    eval_every: int = 0
 
     def validate(self, path: str) -> None:
         _check(self.steps >= 1, f"{path}.steps", "must be >= 1")
         _check(self.log_every >= 1, f"{path}.log_every", "must be >= 1")
         _check(self.checkpoint_every >= 0 and self.sample_every >= 0, f"{path}.checkpoint_every", "must be >= 0")
+        _check(self.eval_every >= 0, f"{path}.eval_every", "must be >= 0 (0 = only at the end)")
         _check(self.keep_checkpoints >= 1, f"{path}.keep_checkpoints", "must be >= 1")
 
 
@@ -277,6 +281,41 @@ class EvalConfig:
         _check(self.n_samples >= 1, f"{path}.n_samples", "must be >= 1")
 
 
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
+@dataclass
+class RayConfig:
+    """Ray Train (raybilevel/distributed.py): how many DeepSpeed workers, what each gets, where they go.
+
+    Args:
+        num_workers: training processes (ranks); one per GPU on a GPU cluster.
+        use_gpu: give each worker GPUs (NCCL); false trains on CPU (gloo).
+        cpus_per_worker / gpus_per_worker: resources each worker reserves (gpus only with use_gpu).
+        placement_strategy: PACK (fill one node first), SPREAD (across nodes where possible),
+            STRICT_PACK (one node or fail), STRICT_SPREAD (one worker per node or fail).
+        storage_path: where Ray keeps checkpoints and run state: a local folder, a mount every node sees
+            (NFS), or a URI (s3://, gs://); empty = the `ray/` folder in the sweep's --output.
+        max_failures: restarts of the worker group, each from the latest checkpoint, before the run fails.
+    """
+
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0
+    placement_strategy: str = "PACK"
+    storage_path: str = ""
+    max_failures: int = 0
+
+    def validate(self, path: str) -> None:
+        _check(self.num_workers >= 1, f"{path}.num_workers", "must be >= 1")
+        _check(self.cpus_per_worker > 0, f"{path}.cpus_per_worker", "must be > 0")
+        _check(not self.use_gpu or self.gpus_per_worker > 0, f"{path}.gpus_per_worker", "must be > 0 with use_gpu")
+        _check(self.placement_strategy in PLACEMENT_STRATEGIES, f"{path}.placement_strategy",
+               f"{self.placement_strategy!r}: use one of {', '.join(PLACEMENT_STRATEGIES)}")
+        _check(self.max_failures >= -1, f"{path}.max_failures", "must be >= 0 (or -1 for unlimited)")
+
+
 @dataclass
 class Config:
     """A whole run. `deterministic` turns on torch's deterministic algorithms for loss-exact resume."""
@@ -291,6 +330,7 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def validate(self) -> "Config":
         for f in dataclasses.fields(self):
@@ -307,8 +347,12 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
     """Check a YAML value against a field's type; ints are accepted where floats are expected."""
     if dataclasses.is_dataclass(annotation):
         _check(isinstance(value, dict), path, f"expected a mapping, got {type(value).__name__}")
-        return _from_dict(annotation, value, path)
+        return from_dict(annotation, value, path)
     origin = typing.get_origin(annotation)
+    if origin is dict:
+        _check(isinstance(value, dict), path, f"expected a mapping, got {value!r}")
+        _, value_type = typing.get_args(annotation) or (str, Any)
+        return {key: _coerce(v, value_type, f"{path}.{key}") for key, v in value.items()}
     if origin in (list, tuple):
         _check(isinstance(value, (list, tuple)), path, f"expected a list, got {value!r}")
         (item_type, *_) = typing.get_args(annotation) or (Any,)
@@ -340,7 +384,8 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
     return value
 
 
-def _from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
+def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
+    """Typed parsing of any dataclass in this file's style (also used for search-space files)."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -355,7 +400,17 @@ def _from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
     return cls(**kwargs)
 
 
-def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections -> {"a.b": value}; the inverse of set_path."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        flat |= flatten(value, path + ".") if isinstance(value, dict) else {path: value}
+    return flat
+
+
+def set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """tree["a"]["b"] = value for dotted "a.b", creating sections on the way."""
     *parents, leaf = dotted.split(".")
     node = tree
     for part in parents:
@@ -393,12 +448,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(str(path), "the top level must be a mapping of sections")
     for text in overrides:
         key, value = parse_override(text)
-        _set_path(tree, key, value)
+        set_path(tree, key, value)
     return config_from_dict(tree)
 
 
 def config_from_dict(tree: dict[str, Any]) -> Config:
-    return _from_dict(Config, tree).validate()
+    return from_dict(Config, tree).validate()
 
 
 def dump_config(config: Config) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 import resource
+import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -19,9 +20,10 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from raybilevel.config import Config, dump_config
+from raybilevel.config import Config, dump_config, flatten
 from raybilevel.engine import (DeepSpeedTrainable, DistInfo, barrier, checkpoint_dirs, deepspeed_config,
-                               init_distributed, load_checkpoint, save_checkpoint, write_json_atomic)
+                               init_distributed, load_checkpoint, save_checkpoint, save_rank_checkpoint,
+                               write_json_atomic)
 from raybilevel.errors import UserError
 from raybilevel.evaluate import evaluate, image_grid
 from raybilevel.losses import FineTuneLoss
@@ -34,16 +36,23 @@ from raybilevel.worlds import World, build_world
 
 # Keys a resumed run may change: how long it runs and how it is watched, not what it computes.
 RESUMABLE_CHANGES = {"train.steps", "train.log_every", "train.checkpoint_every", "train.sample_every",
-                     "train.keep_checkpoints", "eval"}
+                     "train.keep_checkpoints", "train.eval_every", "eval"}
 
 
 @dataclass
 class RunHooks:
-    """Where a caller (the Ray Train worker) plugs in: reporting and an external checkpoint to resume."""
+    """Where a caller (the Ray Train worker) plugs in: reporting and an external checkpoint to resume.
+
+    Every hook is called on every rank at the same step (Ray's report is a barrier); on_eval gets the
+    metrics on rank 0 and {} elsewhere. With checkpoint_root set, each rank writes its own shards there
+    (a node-local folder) instead of into output/checkpoints, and on_checkpoint takes them over.
+    """
 
     on_log: Callable[[int, dict[str, float]], None] | None = None
     on_checkpoint: Callable[[int, Path], None] | None = None
+    on_eval: Callable[[int, dict[str, Any]], None] | None = None
     resume_from: Path | None = None
+    checkpoint_root: Path | None = None
 
 
 @dataclass
@@ -66,14 +75,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True)
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        flat.update(_flatten(value, path + ".") if isinstance(value, dict) else {path: value})
-    return flat
-
-
 def check_output_dir(cfg: Config, output: Path) -> None:
     """A directory holding another run is never overwritten; the same run resumes."""
     saved = output / "config.yaml"
@@ -81,7 +82,7 @@ def check_output_dir(cfg: Config, output: Path) -> None:
         if output.exists() and any(p.name not in ("config.yaml",) for p in output.iterdir()):
             raise UserError(f"--output {output} is not empty and holds no raybilevel run; choose a new directory")
         return
-    old, new = _flatten(yaml.safe_load(saved.read_text()) or {}), _flatten(cfg.to_dict())
+    old, new = flatten(yaml.safe_load(saved.read_text()) or {}), flatten(cfg.to_dict())
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key) and not any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES):
             raise UserError(f"--output {output} holds another run ({key}: {old.get(key)!r} there, {new.get(key)!r} now); "
@@ -166,8 +167,8 @@ def _sample_grid(run: Run, step: int) -> None:
         run.writer.add_image("samples/concept_then_unrelated", image_grid(images), step)
 
 
-def _export_student(run: Run) -> None:
-    """Write the trained student (full weights, gathered under ZeRO-3) as student/."""
+def _export_student(run: Run, folder: Path) -> None:
+    """Write the student as it is now (full weights, gathered under ZeRO-3) to `folder` (rank 0)."""
     module = run.solver.student.module
     gather = nullcontext()
     if run.cfg.engine.zero_stage == 3:
@@ -176,8 +177,41 @@ def _export_student(run: Run) -> None:
         gather = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
     with gather:
         if run.dist.is_main:
-            save_student(run.student, run.output / "student")
+            save_student(run.student, folder)
     barrier()
+
+
+def _record_eval(run: Run, step: int, metrics: dict[str, Any]) -> None:
+    """Rank 0: one line of evals.jsonl and eval/* scalars per evaluation, for convergence curves."""
+    with open(run.output / "evals.jsonl", "a") as f:
+        f.write(json.dumps({"step": step, **metrics}) + "\n")
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)):
+            run.writer.add_scalar(f"eval/{key}", value, step)
+
+
+def _evaluate_during_training(run: Run, step: int, hooks: RunHooks) -> None:
+    """Evaluate a reloaded copy of the student, so the training module keeps its mode and dtype."""
+    metrics: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="raybilevel-eval-") as scratch:
+        _export_student(run, Path(scratch) / "student")
+        if run.dist.is_main:
+            metrics = evaluate(run.world, load_student(Path(scratch) / "student").model, run.cfg.eval)
+            _record_eval(run, step, metrics)
+    if hooks.on_eval is not None:
+        hooks.on_eval(step, metrics)
+
+
+def _save(run: Run, step: int, hooks: RunHooks) -> None:
+    state = {"solver": run.solver.state_dict()}
+    if hooks.checkpoint_root is not None:
+        folder = save_rank_checkpoint(hooks.checkpoint_root / f"step_{step:08d}", step, run.solver.trainables,
+                                      state, run.dist)
+    else:
+        folder = save_checkpoint(run.output / "checkpoints", step, run.solver.trainables, state, run.dist,
+                                 run.cfg.train.keep_checkpoints)
+    if hooks.on_checkpoint is not None:
+        hooks.on_checkpoint(step, folder)
 
 
 def peak_rss_mb() -> float:
@@ -199,6 +233,7 @@ def train(cfg: Config, output: Path, hooks: RunHooks | None = None) -> dict[str,
     start = _resume(run, hooks)
     if run.dist.is_main:
         _truncate_scalars(output / "scalars.jsonl", start)
+        _truncate_scalars(output / "evals.jsonl", start + 1)  # evals are logged by steps done: keep `start`
     steps = range(start, cfg.train.steps)
     for step in tqdm(steps, desc=f"train {cfg.solver.name}", disable=not run.dist.is_main, mininterval=5):
         began = time.perf_counter()
@@ -208,12 +243,12 @@ def train(cfg: Config, output: Path, hooks: RunHooks | None = None) -> dict[str,
         done = step + 1
         if cfg.train.sample_every and done % cfg.train.sample_every == 0:
             _sample_grid(run, step)
+        # the last step's evaluation is the end-of-run one below
+        if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < cfg.train.steps:
+            _evaluate_during_training(run, done, hooks)
         if done == cfg.train.steps or (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0):
-            folder = save_checkpoint(output / "checkpoints", done, run.solver.trainables,
-                                     {"solver": run.solver.state_dict()}, run.dist, cfg.train.keep_checkpoints)
-            if hooks.on_checkpoint is not None:
-                hooks.on_checkpoint(done, folder)
-    _export_student(run)
+            _save(run, done, hooks)
+    _export_student(run, output / "student")
     metrics: dict[str, Any] = {}
     if run.dist.is_main:
         metrics = {"solver": cfg.solver.name, "steps": cfg.train.steps, "resumed_from": start,
@@ -221,7 +256,9 @@ def train(cfg: Config, output: Path, hooks: RunHooks | None = None) -> dict[str,
                    "seconds_per_step": float(np.mean(run.timings)) if run.timings else None,
                    "student": run.student.description.get("stats", {})}
         if cfg.eval.enabled:
-            metrics |= evaluate(run.world, load_student(output / "student").model, cfg.eval)
+            evaluation = evaluate(run.world, load_student(output / "student").model, cfg.eval)
+            _record_eval(run, cfg.train.steps, evaluation)
+            metrics |= evaluation
         metrics["peak_rss_mb"] = peak_rss_mb()
         write_json_atomic(output / "metrics.json", metrics)
         run.writer.close()

@@ -25,6 +25,14 @@ def read_scalars(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "scalars.jsonl").read_text().splitlines()]
 
 
+def assert_same_curve(resumed: list[dict], uninterrupted: list[dict], rel: float = 0.0) -> None:
+    """Same steps and keys; values equal exactly (rel=0) or within a relative tolerance."""
+    assert [sorted(r) for r in resumed] == [sorted(r) for r in uninterrupted]
+    for a, b in zip(resumed, uninterrupted):
+        for key, value in b.items():
+            assert a[key] == pytest.approx(value, rel=rel, abs=0), (a["step"], key)
+
+
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "raybilevel", *args]
 

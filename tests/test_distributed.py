@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, read_scalars
+from conftest import TINY, assert_same_curve, read_scalars
 from raybilevel.config import load_config
 from raybilevel.errors import UserError
 from raybilevel.pruning import load_student
@@ -31,10 +31,12 @@ def test_zero_stages_and_precisions_in_one_process(tmp_path, stage, precision, s
     assert len(rows) == 4 and all(math.isfinite(v) for r in rows for v in r.values())
     assert metrics["world_size"] == 1
     assert load_student(tmp_path / "run" / "student").model is not None
-    # resume through the weights-only checkpoint loader: same steps, same losses
+    # resume through the weights-only checkpoint loader: same steps, same losses. ZeRO-3 re-partitions
+    # parameters on load, and its gathers can round differently (seen: 3e-8 relative), so stage 3 is
+    # held to 1e-6 relative and the others to bit equality.
     shutil.rmtree(tmp_path / "run" / "checkpoints" / "step_00000004")
     assert train(cfg, tmp_path / "run")["resumed_from"] == 2
-    assert read_scalars(tmp_path / "run") == rows
+    assert_same_curve(read_scalars(tmp_path / "run"), rows, rel=1e-6 if stage == 3 else 0.0)
 
 
 def test_a_crafted_pickle_checkpoint_is_refused(tmp_path):
@@ -75,7 +77,8 @@ def test_two_processes_zero_0_to_3_and_resume(tmp_path):
         assert metrics["world_size"] == 2 and metrics["budget"]["lower_fb"] == 6
         assert len(read_scalars(run)) == 4
         shards = list((run / "checkpoints" / "step_00000004" / "theta").glob("*optim_states.pt"))
-        assert len(shards) == (2 if stage > 0 else 1)  # ZeRO >= 1 partitions optimizer state per rank
+        assert len(shards) == (2 if stage > 0 else 0)  # ZeRO >= 1 partitions optimizer state per rank;
+        # stage 0 keeps it inside the model-states file
         load_student(run / "student")
     assert read_scalars(tmp_path / "resumed") == read_scalars(tmp_path / "stage_2")
     assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["resumed_from"] == 2

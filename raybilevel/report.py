@@ -1,0 +1,306 @@
+"""The sweep report: Pareto front, hypervolume, ablation table, convergence curves, one HTML file.
+
+`write_report(DIR)` rebuilds every file from the trial records and run directories in DIR (no Ray needed),
+so the sweep calls it after each finished trial and `raybilevel report DIR` can call it at any time.
+Files: pareto.csv / pareto.json (the front, the reference point, the hypervolume), pareto.png, trials.csv,
+hypervolume.csv (after each finished trial), curves.png (objectives over training steps), ablation.csv
+(grids: mean and spread per cell over seeds) and report.html (all of it, PNGs embedded).
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # the report only writes files; no display is needed or available on a cluster
+import matplotlib.pyplot as plt  # noqa: E402
+
+from raybilevel import pareto
+from raybilevel.engine import write_json_atomic
+from raybilevel.search_space import SearchSpace, load_space
+from raybilevel.trials import SweepDir, TrialRecord
+
+SAMPLES_TAG = "samples/concept_then_unrelated"  # the grid train.py logs every train.sample_every steps
+
+
+@dataclass
+class Report:
+    space: SearchSpace
+    records: list[TrialRecord]  # every trial, in the order they finished
+    front: list[TrialRecord]  # non-dominated valid trials, sorted by the first objective
+    hypervolume: float
+    history: list[tuple[int, str, float]]  # (trials finished, the trial that just finished, hypervolume)
+
+    @property
+    def objectives(self) -> list[str]:
+        return list(self.space.objectives)
+
+    @property
+    def modes(self) -> list[str]:
+        return list(self.space.objectives.values())
+
+    def point(self, record: TrialRecord) -> tuple[float, ...]:
+        return tuple(record.objectives[name] for name in self.objectives)
+
+    @property
+    def reference(self) -> tuple[float, ...]:
+        return tuple(self.space.reference_point[name] for name in self.objectives)
+
+
+def analyse(sweep: SweepDir) -> Report:
+    space = load_space(sweep.space_file)
+    names, modes = list(space.objectives), list(space.objectives.values())
+    reference = [space.reference_point[name] for name in names]
+
+    def point(record: TrialRecord) -> tuple[float, ...]:
+        return tuple(record.objectives[name] for name in names)
+
+    records = sweep.records()
+    valid = [r for r in records if r.valid(names)]
+    front = sorted((valid[i] for i in pareto.front_indices([point(r) for r in valid], modes)),
+                   key=lambda r: pareto.to_minimise(point(r), modes))
+    history, finished = [], []
+    for count, record in enumerate((r for r in records if r.finished is not None), start=1):
+        finished += [point(record)] if record.valid(names) else []
+        history.append((count, record.trial_id, pareto.hypervolume(finished, reference, modes)))
+    return Report(space, records, front, pareto.hypervolume([point(r) for r in valid], reference, modes), history)
+
+
+def write_report(root: Path) -> Report:
+    sweep = SweepDir(Path(root))
+    report = analyse(sweep)
+    _write_tables(report, sweep.root)
+    figures = {"pareto": _plot_front(report), "curves": _plot_curves(report)}
+    for name, png in figures.items():
+        if png:
+            (sweep.root / f"{name}.png").write_bytes(png)
+    (sweep.root / "report.html").write_text(_html(report, figures))
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- tables
+def _param_keys(records: list[TrialRecord]) -> list[str]:
+    return sorted({key for r in records for key in r.params})
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _trial_row(report: Report, record: TrialRecord) -> dict[str, Any]:
+    return {"trial_id": record.trial_id, "status": record.status, "solver": record.solver,
+            "on_front": record in report.front, **{n: record.objectives.get(n) for n in report.objectives},
+            **record.params, "error": record.error}
+
+
+def _write_tables(report: Report, root: Path) -> None:
+    params = _param_keys(report.records)
+    columns = ["trial_id", "status", "solver", "on_front", *report.objectives, *params, "error"]
+    _write_csv(root / "trials.csv", [_trial_row(report, r) for r in report.records], columns)
+    _write_csv(root / "pareto.csv", [_trial_row(report, r) for r in report.front],
+               ["trial_id", "solver", *report.objectives, *params])
+    _write_csv(root / "hypervolume.csv", [dict(zip(("finished", "trial_id", "hypervolume"), row)) for row in report.history],
+               ["finished", "trial_id", "hypervolume"])
+    write_json_atomic(root / "pareto.json", {
+        "sweep": report.space.name, "objectives": report.space.objectives,
+        "reference_point": report.space.reference_point, "hypervolume": report.hypervolume,
+        "n_trials": len(report.records), "n_valid": sum(r.valid(report.objectives) for r in report.records),
+        "front": [{"trial_id": r.trial_id, "solver": r.solver, "objectives": r.objectives, "params": r.params}
+                  for r in report.front],
+    })
+    if report.space.grid:
+        rows = ablation_rows(report)
+        spread = [f"{n}_{stat}" for n in report.objectives for stat in ("mean", "std")]
+        _write_csv(root / "ablation.csv", rows, [*report.space.grid.factors, "n", *spread])
+
+
+def _in_cell(record: TrialRecord, cell: dict[str, str]) -> bool:
+    return all(record.params.get(factor) == level for factor, level in cell.items())
+
+
+def ablation_rows(report: Report) -> list[dict[str, Any]]:
+    """Grids: per cell (one level of every factor), mean and sample standard deviation over its seeds."""
+    rows = []
+    for cell in report.space.grid.cells():
+        runs = [r for r in report.records if r.valid(report.objectives) and _in_cell(r, cell)]
+        row: dict[str, Any] = {**cell, "n": len(runs)}
+        for name in report.objectives:
+            values = [r.objectives[name] for r in runs]
+            row[f"{name}_mean"] = statistics.fmean(values) if values else None
+            row[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else None
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- figures
+def _figure_png(fig: plt.Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _solver_colours(records: list[TrialRecord]) -> dict[str, Any]:
+    solvers = sorted({r.solver for r in records})
+    return {s: matplotlib.colormaps["tab10"](i % 10) for i, s in enumerate(solvers)}
+
+
+def _axis_label(report: Report, i: int) -> str:
+    return f"{report.objectives[i]} ({'lower' if report.modes[i] == 'min' else 'higher'} is better)"
+
+
+def _plot_front(report: Report) -> bytes | None:
+    valid = [r for r in report.records if r.valid(report.objectives)]
+    if not valid:
+        return None
+    colours = _solver_colours(valid)
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for solver, colour in colours.items():
+        xs, ys = zip(*(report.point(r) for r in valid if r.solver == solver))
+        ax.scatter(xs, ys, color=colour, label=solver, s=30, alpha=0.8)
+    fx, fy = zip(*(report.point(r) for r in report.front))
+    ax.scatter(fx, fy, s=140, facecolors="none", edgecolors="black", linewidths=1.5, label="Pareto front")
+    ax.step(fx, fy, where="post", color="black", linewidth=0.8)
+    ax.margins(0.1)
+    ax.autoscale(False)  # the reference point is often far out: keep the trials readable, state it below
+    ax.scatter(*report.reference, marker="x", color="red", label="reference point", clip_on=True)
+    ax.set_xlabel(_axis_label(report, 0))
+    ax.set_ylabel(_axis_label(report, 1))
+    ax.set_title(f"{report.space.name}: {len(valid)} trials, hypervolume {report.hypervolume:.4g}\n"
+                 f"reference point {report.reference}", fontsize=10)
+    ax.legend(fontsize=8)
+    return _figure_png(fig)
+
+
+def _eval_curve(record: TrialRecord, metric: str) -> list[tuple[int, float]]:
+    path = record.run_dir / "evals.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [(row["step"], row[metric]) for row in rows if isinstance(row.get(metric), (int, float))]
+
+
+def _plot_curves(report: Report) -> bytes | None:
+    """Objectives over training steps: a line per trial coloured by solver (searches), or per cell with
+    the mean over seeds and their range shaded (grids)."""
+    done = [r for r in report.records if r.status == "done"]
+    if not any(_eval_curve(r, report.objectives[0]) for r in done):
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    colours = _solver_colours(done)
+    for ax, metric in zip(axes, report.objectives):
+        if report.space.grid:
+            for cell in report.space.grid.cells():
+                by_step: dict[int, list[float]] = {}
+                for run in (r for r in done if _in_cell(r, cell)):
+                    for step, value in _eval_curve(run, metric):
+                        by_step.setdefault(step, []).append(value)
+                steps = sorted(by_step)
+                if steps:
+                    line, = ax.plot(steps, [statistics.fmean(by_step[s]) for s in steps], marker="o", label="/".join(cell.values()))
+                    ax.fill_between(steps, [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps],
+                                    color=line.get_color(), alpha=0.15)
+        else:
+            for run in done:
+                curve = _eval_curve(run, metric)
+                if curve:
+                    ax.plot(*zip(*curve), color=colours[run.solver], alpha=0.7, marker=".")
+            for solver, colour in colours.items():
+                ax.plot([], [], color=colour, label=solver)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(metric)
+        ax.legend(fontsize=7)
+    return _figure_png(fig)
+
+
+def sample_grid_png(run_dir: Path) -> bytes | None:
+    """The last sample grid the run logged to TensorBoard, as PNG bytes (None if it logged none)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folder = run_dir / "tensorboard"
+    if not folder.is_dir():
+        return None
+    events = EventAccumulator(str(folder), size_guidance={"images": 1, "scalars": 1, "tensors": 1}).Reload()
+    if SAMPLES_TAG not in events.Tags()["images"]:
+        return None
+    return events.Images(SAMPLES_TAG)[-1].encoded_image_string
+
+
+# ---------------------------------------------------------------------------------------------- HTML
+def _img(png: bytes | None, alt: str, css: str = "figure") -> str:
+    if not png:
+        return f"<em>no {html.escape(alt)}</em>"
+    return f'<img class="{css}" alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str], raw: tuple[str, ...] = ()) -> str:
+    """An HTML table; columns in `raw` already hold HTML (images)."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{row[c] if c in raw else _fmt(row.get(c, ''))}</td>" for c in columns) + "</tr>"
+                   for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _html(report: Report, figures: dict[str, bytes | None]) -> str:
+    space, objectives = report.space, report.objectives
+    params = _param_keys(report.records)
+    front_rows = [_trial_row(report, r) | {"samples": _img(sample_grid_png(r.run_dir), "sample grid", css="samples")} for r in report.front]
+    sections = [
+        f"<h1>Sweep {html.escape(space.name)}</h1><p>{html.escape(space.description)}</p>",
+        f"<p>{len(report.records)} trials ({sum(r.valid(objectives) for r in report.records)} with finite objectives); "
+        f"objectives {', '.join(f'{n} ({m})' for n, m in space.objectives.items())}; hypervolume "
+        f"<b>{report.hypervolume:.6g}</b> against the reference point {html.escape(json.dumps(space.reference_point))}.</p>",
+        _img(figures["pareto"], "Pareto plot (no trial with finite objectives yet)"),
+        "<h2>Pareto front</h2><p>Sample grids: concept prompts, then unrelated prompts.</p>",
+        _table(front_rows, ["trial_id", "solver", *objectives, *params, "samples"], raw=("samples",)),
+    ]
+    if space.grid:
+        rows = [row | {n: _mean_spread(row, n) for n in objectives} for row in ablation_rows(report)]
+        sections += ["<h2>Ablation (mean &plusmn; sample std over seeds)</h2>",
+                     _table(rows, [*space.grid.factors, "n", *objectives])]
+    sections += ["<h2>Convergence</h2>", _img(figures["curves"], "evaluations during training (set train.eval_every)"),
+                 "<h2>Hypervolume after each finished trial</h2>",
+                 _table([dict(zip(("finished", "trial_id", "hypervolume"), row)) for row in report.history],
+                        ["finished", "trial_id", "hypervolume"]),
+                 "<h2>All trials</h2>",
+                 _table([_trial_row(report, r) for r in report.records],
+                        ["trial_id", "status", "solver", "on_front", *objectives, *params, "error"])]
+    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}img.figure{max-width:100%}"
+             "img.samples{width:384px;image-rendering:pixelated}")  # toy samples are 16 px: scale them up
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(space.name)}</title><style>{style}</style></head><body>{''.join(sections)}</body></html>"
+
+
+def _mean_spread(row: dict[str, Any], name: str) -> str:
+    mean, std = row[f"{name}_mean"], row[f"{name}_std"]
+    if mean is None:
+        return "n/a"
+    return f"{mean:.4g} ± {std:.2g}" if std is not None else f"{mean:.4g}"
+
+
+# ---------------------------------------------------------------------------------------------- TensorBoard
+def write_hparams(run_dir: Path, trial_id: str, hparams: dict[str, Any]) -> None:
+    """Mark the trial's TensorBoard run as an HParams session, so the HParams dashboard lists every trial
+    with its values beside the run's last eval/* scalars (the final evaluation)."""
+    from tensorboard.plugins.hparams import summary_v2 as hp
+    from torch.utils.tensorboard import SummaryWriter
+
+    values = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in hparams.items()}
+    writer = SummaryWriter(str(run_dir / "tensorboard"))
+    writer._get_file_writer().add_summary(hp.hparams_pb(values, trial_id=trial_id))
+    writer.close()

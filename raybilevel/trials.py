@@ -1,0 +1,104 @@
+"""A sweep's directory and each trial's record, shared by the sweep (tune.py) and the report (report.py).
+
+    DIR/space.yaml            the sweep's search space as it ran (read back by --resume and `report`)
+    DIR/optuna.db             the Optuna study (searches): optuna-dashboard sqlite:///DIR/optuna.db
+    DIR/ray/                  Ray's storage when ray.storage_path is empty: Tune's experiment state
+                              (ray/<name>/) and each trial's Ray Train checkpoints (ray/train/<trial>/)
+    DIR/trials/<trial>/trial.json   params, status, objectives, error (written by the trial's driver)
+    DIR/trials/<trial>/run/   the trial's run directory (config.yaml, scalars, evals, TensorBoard,
+                              student/, metrics.json); `tensorboard --logdir DIR/trials` shows them all
+    DIR/pareto.*, trials.csv, hypervolume.csv, report.html, ...   the report (report.py)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from raybilevel.engine import write_json_atomic
+
+
+@dataclass(frozen=True)
+class SweepDir:
+    root: Path
+
+    @property
+    def space_file(self) -> Path:
+        return self.root / "space.yaml"
+
+    @property
+    def optuna_db(self) -> Path:
+        return self.root / "optuna.db"
+
+    @property
+    def optuna_url(self) -> str:
+        return f"sqlite:///{self.optuna_db.resolve()}"
+
+    @property
+    def ray_storage(self) -> Path:
+        return self.root / "ray"
+
+    @property
+    def trials_dir(self) -> Path:
+        return self.root / "trials"
+
+    def trial_dir(self, trial_id: str) -> Path:
+        return self.trials_dir / trial_id
+
+    def records(self) -> list["TrialRecord"]:
+        """Every trial that started, in the order they finished (unfinished ones last)."""
+        found = [TrialRecord.load(p) for p in sorted(self.trials_dir.glob("*/trial.json"))]
+        return sorted(found, key=lambda r: (r.finished is None, r.finished or r.started))
+
+
+@dataclass
+class TrialRecord:
+    """One trial: what it tried and how it ended.
+
+    Args:
+        trial_id: Tune's trial id (also the Ray Train run name).
+        params: the trial's Tune config (searched values, or factor levels and seed).
+        overrides: the dotted config keys those params set.
+        solver: the trial's solver, for colouring plots.
+        status: running, done or failed.
+        objectives: the sweep's objective metrics from metrics.json (null where not finite).
+        error: why a failed trial failed, in one line.
+    """
+
+    trial_id: str
+    params: dict[str, Any]
+    overrides: dict[str, Any]
+    solver: str
+    status: str = "running"
+    objectives: dict[str, float | None] = field(default_factory=dict)
+    error: str = ""
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+    folder: Path | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.folder / "run"
+
+    def valid(self, objectives: list[str]) -> bool:
+        """Done, with a finite value for every objective: a point the front can use."""
+        values = [self.objectives.get(name) for name in objectives]
+        return self.status == "done" and all(v is not None and math.isfinite(v) for v in values)
+
+    def save(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        payload = {k: v for k, v in dataclasses.asdict(self).items() if k != "folder"}
+        write_json_atomic(self.folder / "trial.json", payload)
+
+    def finish(self, status: str, objectives: dict[str, float | None] | None = None, error: str = "") -> None:
+        self.status, self.error, self.finished = status, error, time.time()
+        self.objectives = objectives or {}
+        self.save()
+
+    @classmethod
+    def load(cls, path: Path) -> "TrialRecord":
+        return cls(**json.loads(path.read_text()), folder=path.parent)

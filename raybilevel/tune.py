@@ -1,0 +1,208 @@
+"""Ray Tune over a search space: Optuna (several objectives) or a grid proposes trials, each trial drives a
+Ray Train run (distributed.fit), and the report is rebuilt after every finished trial.
+
+A trial's driver is a function trainable holding a token CPU share (Tune rejects 0) while its Ray Train
+workers hold the real resources; handing a TorchTrainer straight to the Tuner fails under Train V2.
+The Optuna study lives in DIR/optuna.db, so optuna-dashboard can open it while the sweep runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import optuna
+import ray
+import yaml
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.search.optuna import OptunaSearch
+
+from raybilevel.config import Config, flatten, parse_override
+from raybilevel.distributed import fit, storage_for
+from raybilevel.errors import UserError
+from raybilevel.report import Report, write_hparams, write_report
+from raybilevel.search_space import SamplerSpec, SearchSpace, load_space
+from raybilevel.search_space import validate as validate_space
+from raybilevel.trials import SweepDir, TrialRecord
+
+DRIVER_CPU = 0.01  # a trial's driver only waits on its Ray Train run
+# Config keys holding files or folders (or hub ids / dataset names, which exist nowhere on disk).
+PATH_KEYS = ("world.pretrained", "world.dataset.path", "world.concept_prompts", "world.concept_images",
+             "world.clip_judge", "pruning.path")
+
+
+@contextmanager
+def connected(address: str | None) -> Iterator[None]:
+    """Join the cluster at `address` (or RAY_ADDRESS, as inside `ray job submit`), else start Ray here
+    ("local": without it ray.init would join whichever cluster this machine started last). On exit,
+    disconnect from a cluster, or stop the Ray started here."""
+    Path(tempfile.gettempdir(), "ray").mkdir(exist_ok=True)  # Ray fails under a custom TMPDIR without it
+    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def prepare(output: Path, space_arg: str | None = None, *, trials: int | None = None, overrides: list[str] = (),
+            resume: bool = False, check_output: bool = True) -> tuple[SearchSpace, SweepDir]:
+    """The space to run and its directory: a new sweep in an empty DIR (the space's `trials` and base
+    config changed by --trials / --set), or the one DIR holds (--resume, which changes nothing)."""
+    sweep = SweepDir(Path(output))
+    if resume:
+        if not sweep.space_file.is_file():
+            raise UserError(f"--resume: {output} holds no sweep (no space.yaml); run without --resume to start one")
+        space = load_space(sweep.space_file)
+        if trials is not None or overrides or (space_arg is not None and load_space(space_arg).name != space.name):
+            raise UserError(f"--resume continues sweep {space.name} exactly as it was started; drop --trials and --set "
+                            "(and any --space naming another sweep)")
+        return space, sweep
+    if check_output and sweep.root.exists() and any(sweep.root.iterdir()):
+        raise UserError(f"--output {output} is not empty; pass --resume to continue the sweep there, or choose a new directory")
+    space = load_space(space_arg or "toy")
+    if trials is not None and space.is_grid:
+        raise UserError(f"--trials: {space.name} is an ablation grid; it runs every cell once per seed")
+    base = flatten(space.base) | dict(parse_override(text) for text in overrides)
+    # Tune runs each trial's driver in the trial's folder: a path relative to here must become absolute.
+    base |= {key: str(Path(base[key]).resolve()) for key in PATH_KEYS if base.get(key) and Path(base[key]).exists()}
+    space = dataclasses.replace(space, trials=trials or space.trials, base=base)
+    try:
+        return validate_space(space), sweep
+    except UserError as error:  # a config error, or a registry name check_names refused
+        raise UserError(f"--set: {error}") from None
+
+
+def run_sweep(space: SearchSpace, sweep: SweepDir, *, resume: bool = False) -> Report:
+    """Run (or resume) the sweep on the connected Ray cluster; returns the final report."""
+    example = space.trial_config(space.example_params())  # what every trial shares: storage, resources
+    storage = storage_for(example, sweep.ray_storage)
+    trainable = tune.with_resources(tune.with_parameters(_run_trial, space=space, root=str(sweep.root.resolve()),
+                                                         train_storage=f"{storage}/{space.name}-train"),
+                                    {"CPU": DRIVER_CPU})
+    experiment = f"{storage}/{space.name}"
+    if resume:
+        if not tune.Tuner.can_restore(experiment):
+            raise UserError(f"--resume: Tune saved no state at {experiment}; rerun without --resume into a new directory")
+        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True)
+    else:
+        sweep.root.mkdir(parents=True, exist_ok=True)
+        sweep.space_file.write_text(yaml.safe_dump(dataclasses.asdict(space), sort_keys=False))
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space.grid_param_space() if space.is_grid else None,
+            tune_config=tune.TuneConfig(search_alg=None if space.is_grid else _optuna(space, sweep),
+                                        num_samples=1 if space.is_grid else space.trials,
+                                        max_concurrent_trials=concurrency(space, example, ray.cluster_resources())),
+            run_config=tune.RunConfig(name=space.name, storage_path=storage, callbacks=[ReportEachTrial(sweep.root)],
+                                      failure_config=tune.FailureConfig(max_failures=0)),
+        )
+    tuner.fit()
+    return write_report(sweep.root)
+
+
+def concurrency(space: SearchSpace, cfg: Config, total: dict[str, float]) -> int:
+    """Trials at once: the space's max_concurrent, else as many as the cluster's `total` resources fit."""
+    if space.max_concurrent:
+        return space.max_concurrent
+    need = {"CPU": cfg.ray.num_workers * cfg.ray.cpus_per_worker + DRIVER_CPU}
+    if cfg.ray.use_gpu:
+        need["GPU"] = cfg.ray.num_workers * cfg.ray.gpus_per_worker
+    fits = min(int(total.get(kind, 0) // amount) for kind, amount in need.items())
+    if fits < 1:
+        raise UserError(f"a trial needs {need} but the cluster has {({k: total.get(k, 0) for k in need})}; lower "
+                        "ray.num_workers or ray.cpus_per_worker in the space's base (the trial's driver holds "
+                        f"{DRIVER_CPU} CPU), or set max_concurrent on an autoscaling cluster")
+    return fits
+
+
+def sampler_for(spec: SamplerSpec) -> optuna.samplers.BaseSampler:
+    if spec.name == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=spec.population, seed=spec.seed)
+    return optuna.samplers.TPESampler(n_startup_trials=spec.startup_trials, seed=spec.seed)  # MOTPE for 2+ objectives
+
+
+def _optuna(space: SearchSpace, sweep: SweepDir) -> OptunaSearch:
+    return OptunaSearch(space=space.define_by_run, metric=list(space.objectives), mode=list(space.objectives.values()),
+                        sampler=sampler_for(space.sampler), study_name=space.name,
+                        storage=optuna.storages.RDBStorage(sweep.optuna_url))
+
+
+def _run_trial(params: dict[str, Any], space: SearchSpace, root: str, train_storage: str) -> None:
+    """One trial's driver: record it, run it on Ray Train (resuming an interrupted run), record the end."""
+    trial_id = tune.get_context().get_trial_id()
+    cfg = space.trial_config(params)
+    folder = SweepDir(Path(root)).trial_dir(trial_id)
+    record = TrialRecord(trial_id, params, space.overrides(params), cfg.solver.name, folder=folder)
+    record.save()
+    try:
+        fit(cfg, record.run_dir, name=trial_id, storage_path=train_storage,
+            callbacks=[ObjectiveReports(list(space.objectives))])
+    except Exception as error:
+        record.finish("failed", error=failure_reason(error))
+        raise
+    metrics = json.loads((record.run_dir / "metrics.json").read_text())
+    objectives = {name: metrics.get(name) for name in space.objectives}  # NaN/inf were written as null
+    write_hparams(record.run_dir, trial_id, {"solver": cfg.solver.name, **params})
+    missing = [name for name, value in objectives.items() if value is None]
+    if missing:
+        # Failing the trial is how Optuna learns it has no point (a NaN result is refused and left RUNNING).
+        reason = f"objective(s) {', '.join(missing)} not finite in run/metrics.json (e.g. no judged sample qualified)"
+        record.finish("failed", objectives, error=reason)
+        raise NoObjectiveError(reason)
+    record.finish("done", objectives)
+
+
+class NoObjectiveError(RuntimeError):
+    """A trial trained and evaluated but produced no finite value for an objective."""
+
+
+class ObjectiveReports(TuneReportCallback):
+    """Forwards to Tune the reports that carry the objectives (evaluations), not checkpoint-only ones:
+    Tune's searchers reject a result without their metrics."""
+
+    def __init__(self, objectives: list[str]) -> None:
+        super().__init__()
+        self.objectives = objectives
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        if all(name in metrics[0] for name in self.objectives):
+            super().after_report(run_context, metrics, checkpoint)
+
+
+def failure_reason(error: BaseException) -> str:
+    """One line: the exception a Ray Train worker raised (rank 0's first), else the error itself."""
+    failures = getattr(error, "worker_failures", None)
+    cause = next(iter(failures.values())) if failures else error
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return lines[-1] if lines else type(cause).__name__
+
+
+class ReportEachTrial(tune.Callback):
+    """After each finished or failed trial: rebuild the report and log the hypervolume so far."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._update()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        record_file = SweepDir(self.root).trial_dir(trial.trial_id) / "trial.json"
+        if record_file.is_file():  # the driver itself may have died before recording why
+            record = TrialRecord.load(record_file)
+            if record.status == "running":
+                record.finish("failed", error=failure_reason(trial.get_pickled_error() or RuntimeError("the trial's driver died")))
+        self._update()
+
+    def _update(self) -> None:
+        report = write_report(self.root)
+        if not report.history:
+            return
+        count, trial_id, volume = report.history[-1]
+        print(f"[raybilevel] {count} trial(s) finished (last {trial_id}); hypervolume {volume:.6g}, "
+              f"front of {len(report.front)}; report: {self.root / 'report.html'}", flush=True)

@@ -1,0 +1,81 @@
+"""Ray Train on a simulated two-node cluster: DeepSpeed workers spread over both nodes, every rank's
+checkpoint shards merged into Ray's storage, and a rerun under the same name resuming from them. Also the
+mid-run evaluations (train.eval_every) that trials report."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+from ray.util.state import list_actors
+
+from conftest import TINY, read_scalars
+from raybilevel.config import load_config
+from raybilevel.distributed import fit
+from raybilevel.train import RunHooks, train
+
+SPREAD_RUN = TINY + ["ray.num_workers=2", "ray.placement_strategy=SPREAD", "engine.zero_stage=2",
+                     "train.eval_every=2", "train.keep_checkpoints=1", "eval.n_samples=8"]
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """A 0-CPU head and two 1-CPU nodes (~5-10 s to start), shared by the module."""
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def _steps(path) -> list[int]:
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_workers_spread_over_two_nodes_and_a_rerun_resumes_from_the_merged_checkpoint(two_nodes, tmp_path):
+    storage, run = tmp_path / "storage", tmp_path / "run"
+    uri = storage.as_uri()  # a URI, as for shared storage: Ray uploads and downloads through pyarrow
+    fit(load_config(None, SPREAD_RUN), run, name="spread", storage_path=uri)
+
+    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True)
+    assert len(workers) == 2 and len({w.node_id for w in workers}) == 2  # one rank per node
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["resumed_from"] == 0
+    assert _steps(run / "evals.jsonl") == [2, 4]
+
+    # keep_checkpoints=1: only the last; ZeRO-2 optimizer shards of both ranks (one per node) merged into it
+    assert sorted(p.name for p in (storage / "spread").glob("step_*")) == ["step_00000004"]
+    theta = storage / "spread" / "step_00000004" / "theta"
+    assert sorted(p.name for p in theta.glob("zero_pp_rank_*_optim_states.pt")) == [
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    assert json.loads((storage / "spread" / "step_00000004" / "state.json").read_text())["step"] == 4
+
+    # Same name and storage, two more steps: Ray hands the step-4 checkpoint back to every rank.
+    fit(load_config(None, SPREAD_RUN + ["train.steps=6"]), run, name="spread", storage_path=uri)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["resumed_from"] == 4 and metrics["steps"] == 6
+    assert [row["step"] for row in read_scalars(run)] == list(range(6))
+    assert _steps(run / "evals.jsonl") == [2, 4, 6]
+    assert sorted(p.name for p in (storage / "spread").glob("step_*")) == ["step_00000006"]
+
+
+def test_mid_run_evaluations_are_recorded_and_do_not_change_training(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    common = TINY + ["deterministic=true", "eval.n_samples=8"]
+    reported = []
+    train(load_config(None, common + ["train.eval_every=2"]), tmp_path / "evals",
+          RunHooks(on_eval=lambda step, metrics: reported.append((step, metrics))))
+    train(load_config(None, common), tmp_path / "plain")
+
+    assert read_scalars(tmp_path / "evals") == read_scalars(tmp_path / "plain")  # the student is evaluated on a copy
+    evals = [json.loads(line) for line in (tmp_path / "evals" / "evals.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [2, 4]  # step 4 is the end-of-run evaluation, also in metrics.json
+    assert evals[-1]["quality"] == json.loads((tmp_path / "evals" / "metrics.json").read_text())["quality"]
+    assert [step for step, _ in reported] == [2] and reported[0][1]["quality"] == evals[0]["quality"]
+    scalars = EventAccumulator(str(tmp_path / "evals" / "tensorboard")).Reload().Scalars("eval/quality")
+    assert [(s.step, s.value) for s in scalars] == [(e["step"], pytest.approx(e["quality"], rel=1e-6)) for e in evals]

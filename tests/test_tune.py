@@ -1,0 +1,226 @@
+"""Search spaces (schema, validation, conversion) and a real sweep: Ray Tune + Optuna + Ray Train + DeepSpeed."""
+from __future__ import annotations
+
+import csv
+import json
+import random
+import signal
+import subprocess
+import time
+
+import optuna
+import pytest
+import yaml
+
+from conftest import cli
+from raybilevel.cli import main
+from raybilevel.config import load_config
+from raybilevel.errors import UserError
+from raybilevel.search_space import SPACES_DIR, load_space
+from raybilevel.trials import SweepDir
+from raybilevel.tune import concurrency, sampler_for
+
+SHIPPED = sorted(SPACES_DIR.glob("*.yaml"))
+
+
+def test_the_issue_s_spaces_are_shipped():
+    assert {p.stem for p in SHIPPED} >= {"toy", "toy_ablation_loss_sparsity", "toy_ablation_k_lam", "toy_baselines",
+                                          "sd_artist_style", "sd_nsfw"}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_every_shipped_space_validates_and_its_trials_build_configs(path):
+    space = load_space(path)
+    assert space.plan().startswith(f"sweep {space.name}")
+    if space.is_grid:
+        cells = space.grid.cells()
+        assert space.num_trials == len(cells) * len(space.grid.seeds)
+        configs = [space.trial_config(cell | {"seed": seed}) for cell in cells for seed in space.grid.seeds]
+        assert len({(c.seed, yaml.safe_dump(c.to_dict())) for c in configs}) == space.num_trials  # all distinct
+        return
+    # the space's own sampler (MOTPE or NSGA-II), told results so it leaves its random start-up phase
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler_for(space.sampler))
+    rng = random.Random(0)
+    for _ in range(space.sampler.startup_trials + 2 * space.sampler.population):
+        trial = study.ask()
+        space.define_by_run(trial)
+        cfg = space.trial_config(trial.params)
+        for key, value in trial.params.items():  # every sampled value lands in the trial's config
+            section, name = key.split(".")
+            assert getattr(getattr(cfg, section), name) == value
+        study.tell(trial, [rng.random(), rng.random()])
+
+
+def test_conditional_keys_are_sampled_only_for_solvers_that_read_them():
+    space = load_space("toy")
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(40):
+        trial = study.ask()
+        space.define_by_run(trial)
+        solver = trial.params["solver.name"]
+        seen.add(solver)
+        assert ("solver.lam" in trial.params) == (solver in ("penalty", "adaptive"))
+        assert ("solver.K" in trial.params) == (solver in ("penalty", "adaptive", "alternating"))
+    assert len(seen) == 6
+
+
+def test_a_grid_trial_merges_its_factor_levels_and_seed():
+    space = load_space("toy_ablation_loss_sparsity")
+    cfg = space.trial_config({"loss": "distill", "sparsity": "s70", "seed": 2})
+    assert (cfg.lower.w_diff, cfg.lower.w_out, cfg.lower.w_feat) == (0.0, 2.0, 0.1)
+    assert (cfg.pruning.sparsity, cfg.seed, cfg.solver.name) == (0.7, 2, "alternating")
+    grid = space.grid_param_space()
+    assert grid["loss"] == {"grid_search": ["ddpm", "distill", "both"]} and grid["seed"] == {"grid_search": [0, 1, 2]}
+
+
+GOOD = {"name": "s", "base": {"train": {"steps": 4}}, "reference_point": {"quality": 10.0, "concept_rate": 1.0},
+        "params": {"solver.name": {"type": "choice", "values": ["alternating", "penalty"]},
+                   "solver.lam": {"type": "float", "low": 1.0, "high": 100.0, "log": True,
+                                  "when": {"solver.name": ["penalty"]}}}}
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"params": {"solver.lamda": {"type": "float", "low": 1.0, "high": 2.0}}}, "'solver.lamda': unknown key; did you mean 'lam'?"),
+    ({"base": {"train": {"stepz": 4}}}, "'train.stepz': unknown key; did you mean 'steps'?"),
+    ({"trails": 3}, "'trails': unknown key; did you mean 'trials'?"),
+    ({"params": {"solver.name": {"type": "choice", "values": ["alternating", "penalty"]},
+                 "solver.lam": {"type": "float", "low": 1.0, "high": 100.0}}},
+     "'params.solver.lam': solver.name ['alternating'] ignore solver.lam; add `when: {solver.name: [penalty]}`"),
+    ({"params": {"solver.lam": {"type": "float", "low": 1.0, "high": 2.0, "when": {"solver.name": ["penalty"]}},
+                 "solver.name": {"type": "choice", "values": ["penalty"]}}},
+     "'params.solver.lam.when.solver.name': refer to a choice key listed above this one"),
+    ({"params": {"solver.name": {"type": "choice", "values": ["alternating", "sgd"]}}}, "unknown solver 'sgd'"),
+    ({"params": {"lower.lr": {"type": "float", "low": 0.0, "high": 1.0, "log": True}}}, "'params.lower.lr.log': a log scale needs low > 0"),
+    ({"params": {"lower.lr": {"type": "floaty", "low": 0.1, "high": 1.0}}}, "'params.lower.lr.type': 'floaty': use float, int or choice"),
+    ({"params": {"solver.K": {"type": "int", "low": 1.5, "high": 4}}}, "'params.solver.K': an int range needs whole-number bounds"),
+    ({"grid": {"factors": {"lr": {"slow": {"lower.lr": 1e-4}}}}}, "'params': give either params (a search) or grid"),
+    ({"reference_point": {"quality": 10.0}}, "'reference_point': give one value for each objective"),
+    ({"base": {"eval": {"enabled": False}}}, "'base.eval.enabled': sweeps read their objectives"),
+    ({"sampler": {"name": "cmaes"}}, "'sampler.name': 'cmaes': use motpe or nsga2"),
+])
+def test_a_bad_space_fails_with_one_line_naming_the_key(tmp_path, change, words):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(GOOD | change, sort_keys=False))
+    with pytest.raises(UserError) as caught:
+        load_space(path)
+    message = str(caught.value)
+    assert message.startswith("search space bad.yaml: ") and words in message and "\n" not in message
+
+
+def test_concurrency_fits_the_cluster():
+    space = load_space("toy")
+    one, two = (load_config(None, [f"ray.num_workers={n}", "ray.cpus_per_worker=0.99"]) for n in (1, 2))
+    assert concurrency(space, one, {"CPU": 2.0}) == 2
+    assert concurrency(space, two, {"CPU": 2.0}) == 1
+    with pytest.raises(UserError, match="a trial needs"):  # 2 x 1 CPU + the driver's share cannot start on 2 CPUs
+        concurrency(space, load_config(None, ["ray.num_workers=2"]), {"CPU": 2.0})
+    gpus = load_config(None, ["ray.num_workers=4", "ray.use_gpu=true", "ray.cpus_per_worker=8"])
+    assert concurrency(space, gpus, {"CPU": 128.0, "GPU": 8.0}) == 2
+
+
+def test_tune_cli_dry_run_prints_the_plan_and_bad_input_exits_2(tmp_path, capsys):
+    assert main(["tune", "--dry-run", "--trials", "3", "--set", "train.steps=7"]) == 0
+    plan = capsys.readouterr().out
+    assert "sweep toy" in plan and "3 trials" in plan and "7 steps" in plan
+    for args, words in [(["--space", "nope"], "--space nope: no such file or shipped space; shipped: "),
+                        (["--set", "train.stepz=1"], "--set: config error at 'train.stepz'"),
+                        (["--space", "toy_baselines", "--trials", "4"], "toy_baselines is an ablation grid"),
+                        (["--resume", "--output", str(tmp_path)], "holds no sweep")]:
+        assert main(["tune", "--dry-run", *args]) == 2
+        error = capsys.readouterr().err
+        assert len(error.strip().splitlines()) == 1 and words in error, error
+
+
+TINY_SPACE = {
+    "name": "tiny",
+    "base": {"train": {"steps": 12, "checkpoint_every": 2, "log_every": 1, "eval_every": 6, "sample_every": 12},
+             "solver": {"K": 2, "erase_fraction": 0.5},
+             "world": {"toy_images": 128, "n_concept_images": 8, "sampling_steps": 2},
+             "lower": {"batch_size": 8}, "upper": {"batch_size": 4}, "eval": {"n_samples": 32},
+             "engine": {"zero_stage": 2},
+             "ray": {"num_workers": 2, "cpus_per_worker": 0.99}},  # 2 workers + the driver's 0.01 on 2 cores
+    "params": {"solver.name": {"type": "choice", "values": ["alternating", "penalty"]},
+               "solver.lam": {"type": "float", "low": 1.0, "high": 100.0, "log": True, "when": {"solver.name": ["penalty"]}},
+               "lower.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+    "reference_point": {"quality": 1e6, "concept_rate": 1.0},
+    "sampler": {"name": "motpe", "startup_trials": 2, "seed": 0},
+    "trials": 3,
+}
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_resumes_and_its_front_is_optunas(tmp_path):
+    """`raybilevel tune` on 2 DeepSpeed workers per trial, stopped by Ctrl-C once the first trial has a
+    checkpoint, then `--resume`d: all trials finish, the interrupted one from its checkpoint, and the
+    report's Pareto front is exactly Optuna's best_trials read back from the sqlite storage."""
+    space_file, out = tmp_path / "tiny.yaml", tmp_path / "sweep"
+    space_file.write_text(yaml.safe_dump(TINY_SPACE, sort_keys=False))
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(cli("tune", "--space", str(space_file), "--output", str(out)), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 400
+        while not list(out.glob("ray/tiny-train/*/step_00000002")):
+            assert first.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.5)
+        first.send_signal(signal.SIGINT)
+        assert first.wait(timeout=300) == 0
+    assert "interrupted; continue with: raybilevel tune --resume" in (tmp_path / "first.log").read_text()
+
+    resumed = subprocess.run(cli("tune", "--resume", "--output", str(out)), capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "sweep tiny: 3 of 3 trials finished" in resumed.stdout
+    assert f"tensorboard --logdir {out / 'trials'}" in resumed.stdout
+
+    records = SweepDir(out).records()
+    assert len(records) == 3 and {r.status for r in records} <= {"done", "failed"}
+    assert all("not finite" in r.error for r in records if r.status == "failed")  # trained, but judged nothing
+    resumed_from = [json.loads((r.run_dir / "metrics.json").read_text())["resumed_from"] for r in records]
+    assert sorted(resumed_from)[0] == 0 and sorted(resumed_from)[-1] >= 2  # one trial continued from a checkpoint
+    for record in records:
+        metrics = json.loads((record.run_dir / "metrics.json").read_text())
+        assert metrics["world_size"] == 2
+        assert [json.loads(line)["step"] for line in (record.run_dir / "evals.jsonl").read_text().splitlines()] == [6, 12]
+        assert [json.loads(line)["step"] for line in (record.run_dir / "scalars.jsonl").read_text().splitlines()] == list(range(12))
+
+    study = optuna.load_study(study_name="tiny", storage=SweepDir(out).optuna_url)
+    assert len(study.trials) == 3
+    done = {r.trial_id for r in records if r.status == "done"}
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == len(done) >= 1
+    front = json.loads((out / "pareto.json").read_text())["front"]
+    assert sorted((list(f["objectives"].values()), sorted(f["params"].items())) for f in front) == \
+        sorted((t.values, sorted(t.params.items())) for t in study.best_trials)
+    assert len((out / "hypervolume.csv").read_text().splitlines()) == 1 + 3
+    assert '<img class="samples"' in (out / "report.html").read_text()
+
+
+GRID_SPACE = {
+    "name": "grid",
+    "base": TINY_SPACE["base"] | {"train": {"steps": 4, "checkpoint_every": 2, "eval_every": 2},
+                                  "engine": {"zero_stage": 0}, "ray": {"num_workers": 1, "cpus_per_worker": 0.99}},
+    "grid": {"factors": {"concept": {"striped": {"world.concept": "striped"}, "dragon": {"world.concept": "dragon"}}},
+             "seeds": [0]},
+    "reference_point": {"quality": 1e6, "concept_rate": 1.0},
+}
+
+
+@pytest.mark.slow
+def test_a_grid_sweep_runs_every_cell_and_reports_a_failed_trial_in_one_line(tmp_path):
+    """Tune's grid search, two 1-worker trials at once; the cell whose concept the toy world lacks fails
+    on the workers, and its reason reaches the CLI, trials.csv and the report as one line."""
+    space_file, out = tmp_path / "grid.yaml", tmp_path / "sweep"
+    space_file.write_text(yaml.safe_dump(GRID_SPACE, sort_keys=False))
+    result = subprocess.run(cli("tune", "--space", str(space_file), "--output", str(out)), capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "sweep grid: 2 of 2 trials finished, 1 failed" in result.stdout
+    (failure,) = [line for line in result.stdout.splitlines() if line.startswith("  failed ")]
+    assert "unknown toy concept 'dragon'" in failure
+
+    records = {r.params["concept"]: r for r in SweepDir(out).records()}
+    assert records["dragon"].status == "failed" and "unknown toy concept 'dragon'" in records["dragon"].error
+    assert records["striped"].status == "done" and not (out / "optuna.db").exists()  # a grid needs no Optuna
+    with open(out / "ablation.csv") as f:
+        cells = {row["concept"]: row for row in csv.DictReader(f)}
+    assert cells["striped"]["n"] == "1" and cells["dragon"]["n"] == "0"
+    assert float(cells["striped"]["quality_mean"]) == records["striped"].objectives["quality"]
+    assert "unknown toy concept" in (out / "report.html").read_text()
