@@ -45,14 +45,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_prune(args: argparse.Namespace) -> int:
+def _config_and_world(args: argparse.Namespace):
+    """(config, world), or None after --dry-run printed the config."""
     cfg = _load(args)
     if args.dry_run:
-        return 0
-    from raybilevel.pruning import prune, save_student
+        return None
     from raybilevel.worlds import build_world
 
-    world = build_world(cfg.world, cfg.seed)
+    return cfg, build_world(cfg.world, cfg.seed)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    if (loaded := _config_and_world(args)) is None:
+        return 0
+    from raybilevel.pruning import prune, save_student
+
+    cfg, world = loaded
     student = prune(cfg.pruning.method, world.teacher, sparsity=cfg.pruning.sparsity, seed=cfg.seed, path=cfg.pruning.path)
     save_student(student, Path(args.output))
     print(json.dumps(student.description.get("stats", {}), indent=2))
@@ -60,15 +68,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    if args.dry_run:
+    if (loaded := _config_and_world(args)) is None:
         return 0
     from raybilevel.engine import write_json_atomic
     from raybilevel.evaluate import evaluate
     from raybilevel.pruning import load_student
-    from raybilevel.worlds import build_world
 
-    world = build_world(cfg.world, cfg.seed)
+    cfg, world = loaded
     unet = world.teacher if args.student == "teacher" else load_student(Path(args.student)).model
     metrics = evaluate(world, unet, cfg.eval)
     if args.output:

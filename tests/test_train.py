@@ -115,3 +115,20 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, args, words):
 def test_dry_run_prints_the_resolved_config():
     result = subprocess.run(cli("train", "--dry-run", "--set", "solver.K=7"), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "K: 7" in result.stdout
+
+
+def test_cli_prune_then_eval_a_student(tmp_path):
+    small = ["--set", "world.toy_images=64", "--set", "world.n_concept_images=4", "--set", "world.sampling_steps=2"]
+    student = tmp_path / "student"
+    result = subprocess.run(cli("prune", "--output", str(student), "--set", "pruning.method=channels", *small),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    stats = json.loads(result.stdout)
+    assert stats["student"]["params"] < stats["teacher"]["params"]
+    assert load_student(student).description["method"] == "channels"
+    out = tmp_path / "metrics.json"
+    result = subprocess.run(cli("eval", "--student", str(student), "--output", str(out), "--set", "eval.n_samples=8", *small),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads(out.read_text())
+    assert metrics["n_samples_per_group"] == 8 and metrics["quality"] >= 0 and 0 <= metrics["concept_rate_raw"] <= 1
