@@ -80,5 +80,6 @@ def test_two_processes_zero_0_to_3_and_resume(tmp_path):
         assert len(shards) == (2 if stage > 0 else 0)  # ZeRO >= 1 partitions optimizer state per rank;
         # stage 0 keeps it inside the model-states file
         load_student(run / "student")
-    assert read_scalars(tmp_path / "resumed") == read_scalars(tmp_path / "stage_2")
+    # across 2 ranks the gradient all-reduce can round differently after a reload (seen: 1.6e-7 relative)
+    assert_same_curve(read_scalars(tmp_path / "resumed"), read_scalars(tmp_path / "stage_2"), rel=1e-6)
     assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["resumed_from"] == 2
