@@ -64,6 +64,7 @@ class Solver(ABC):
         self.cfg, self.levels = cfg, levels
         self.budget = Budget()
         self.trainables: dict[str, Trainable] = {}
+        self._last_lower: tuple[tuple[int, int], LowerBatch] | None = None
 
     # ---- construction
     def param_groups(self, model: torch.nn.Module) -> list[dict[str, Any]]:
@@ -91,10 +92,15 @@ class Solver(ABC):
 
     # ---- shared step machinery
     def lower_batch(self, step: int, micro: int) -> LowerBatch:
+        """The batch of (step, micro), built once: penalty's inner step, value gap and outer step all
+        score the same batch, and rebuilding it would repeat the teacher's forward."""
+        if self._last_lower is not None and self._last_lower[0] == (step, micro):
+            return self._last_lower[1]
         sampler = self.levels.lower_sampler
         x0, captions = self.levels.get_lower_data(sampler.indices(step, micro))
         batch = self.levels.lower_loss.make_batch(x0, captions, sampler.generator(step, micro))
         self.budget.teacher_forward += int(batch.teacher_out is not None)
+        self._last_lower = ((step, micro), batch)
         return batch
 
     def upper_batch(self, step: int, micro: int):
