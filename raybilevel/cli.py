@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from raybilevel.cli_ray import add_ray_commands
-from raybilevel.errors import UserError
+from raybilevel.errors import NonFiniteLossError, UserError
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +70,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     if (loaded := _config_and_world(args)) is None:
         return 0
-    from raybilevel.engine import write_json_atomic
+    from raybilevel.atomic import write_json_atomic
     from raybilevel.evaluate import evaluate
     from raybilevel.pruning import load_student
 
@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"raybilevel: error: {error}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as error:  # a fault of the run, not of the input; its last checkpoint is kept
+        print(f"raybilevel: training stopped: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

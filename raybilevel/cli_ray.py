@@ -13,7 +13,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(space.plan())
         return 0
-    with connected(args.address):
+    with connected(args.address, args.dashboard_host):
         report = run_sweep(space, sweep, resume=args.resume)
     failed = [r for r in report.records if r.status == "failed"]
     finished = [r for r in report.records if r.status != "running"]
@@ -52,6 +52,9 @@ def add_ray_commands(sub: argparse._SubParsersAction) -> None:
                       help="override the space's base config for every trial, e.g. --set train.steps=20")
     tune.add_argument("--output", default="runs/sweep", help="sweep directory (default: runs/sweep)")
     tune.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else start Ray here)")
+    tune.add_argument("--dashboard-host", default="127.0.0.1",
+                      help="interface the dashboard of a Ray started here listens on (default: loopback only; "
+                           "0.0.0.0 exposes it, unauthenticated, to the network)")
     tune.add_argument("--resume", action="store_true", help="continue the interrupted sweep in --output")
     tune.add_argument("--dry-run", action="store_true", help="validate the space, print the plan and exit")
     tune.set_defaults(func=cmd_tune)

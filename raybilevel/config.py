@@ -247,6 +247,9 @@ class TrainConfig:
         sample_every: sample-grid period for TensorBoard (0 = off). keep_checkpoints: how many to keep.
         eval_every: evaluate the student with `eval`'s settings every this many steps during training
             (0 = off); each result lands in evals.jsonl, TensorBoard (eval/*) and the caller's hooks.
+        on_nonfinite: a NaN/inf loss stops the run with its step and terms ("stop"), or skips that
+            optimizer step, weights and moments untouched ("skip"; counted as skipped_steps).
+        max_skipped_steps: with "skip", more skipped steps than this stop the run as diverged.
     """
 
     steps: int = 800
@@ -255,9 +258,13 @@ class TrainConfig:
     sample_every: int = 0
     keep_checkpoints: int = 2
     eval_every: int = 0
+    on_nonfinite: str = "stop"
+    max_skipped_steps: int = 10
 
     def validate(self, path: str) -> None:
         _check(self.steps >= 1, f"{path}.steps", "must be >= 1")
+        _check(self.on_nonfinite in ("stop", "skip"), f"{path}.on_nonfinite", f"{self.on_nonfinite!r}: use stop or skip")
+        _check(self.max_skipped_steps >= 0, f"{path}.max_skipped_steps", "must be >= 0")
         _check(self.log_every >= 1, f"{path}.log_every", "must be >= 1")
         _check(self.checkpoint_every >= 0 and self.sample_every >= 0, f"{path}.checkpoint_every", "must be >= 0")
         _check(self.eval_every >= 0, f"{path}.eval_every", "must be >= 0 (0 = only at the end)")
@@ -431,6 +438,12 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def yaml_where(error: yaml.YAMLError) -> str:
+    """" (line N)" for a YAML syntax error, where the parser knows it."""
+    mark = getattr(error, "problem_mark", None)
+    return f" (line {mark.line + 1})" if mark else ""
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults <- YAML file <- `key=value` overrides, then validated."""
     tree: dict[str, Any] = {}
@@ -441,9 +454,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         try:
             tree = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f" (line {mark.line + 1})" if mark else ""
-            raise ConfigError(str(path), f"malformed YAML{where}; fix the syntax") from None
+            raise ConfigError(str(path), f"malformed YAML{yaml_where(error)}; fix the syntax") from None
         if not isinstance(tree, dict):
             raise ConfigError(str(path), "the top level must be a mapping of sections")
     for text in overrides:

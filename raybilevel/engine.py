@@ -7,8 +7,8 @@ The frozen teacher never enters an engine, so ZeRO-3 partitions only the trainab
 from __future__ import annotations
 
 import json
-import math
 import os
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import torch
 
+from raybilevel.atomic import write_json_atomic
 from raybilevel.config import EngineConfig
 from raybilevel.errors import UserError
 from raybilevel.solvers.optim import BilevelAdamW
@@ -87,11 +88,24 @@ def _weights_only_checkpoint_engine(config):
             try:
                 with torch.serialization.safe_globals(allowed):
                     return torch.load(path, map_location=map_location, weights_only=True)
-            except Exception as error:  # torch raises UnpicklingError or RuntimeError by version
+            except pickle.UnpicklingError as error:
+                if "weights only load failed" not in str(error).lower():
+                    raise _corrupt(path, error) from None
                 raise UserError(f"refusing checkpoint file {path}: it is not plain tensors and containers "
-                                f"({str(error).splitlines()[0][:160]}); it was not written by raybilevel") from None
+                                f"({_first_line(error)}); it was not written by raybilevel") from None
+            except (RuntimeError, EOFError, OSError) as error:  # a torn zip, a short file, a bad read
+                raise _corrupt(path, error) from None
 
     return WeightsOnlyCheckpointEngine(config)
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
+
+
+def _corrupt(path: str, error: BaseException) -> UserError:
+    return UserError(f"checkpoint file {path} is truncated or corrupt ({_first_line(error)}); delete its step_* "
+                     "folder to resume from the checkpoint before it")
 
 
 class DeepSpeedTrainable:
@@ -130,7 +144,13 @@ class DeepSpeedTrainable:
         self.engine.save_checkpoint(str(folder), tag=self.name)
 
     def load(self, folder: Path) -> None:
-        path, _ = self.engine.load_checkpoint(str(folder), tag=self.name)
+        try:
+            path, _ = self.engine.load_checkpoint(str(folder), tag=self.name)
+        except RuntimeError as error:  # load_state_dict: size mismatch / missing or unexpected keys
+            detail = next((line.strip() for line in str(error).splitlines() if "mismatch" in line or "key" in line.lower()),
+                          _first_line(error))
+            raise UserError(f"checkpoint {folder} holds another model than this config builds ('{self.name}': "
+                            f"{detail[:200]}); resume it with the config that wrote it, or train into a new --output") from None
         if path is None:
             raise UserError(f"checkpoint {folder} holds no state for '{self.name}'; it is incomplete or from another solver")
 
@@ -148,23 +168,6 @@ def checkpoint_dirs(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
-def _finite(value: Any) -> Any:
-    """NaN/inf become null: strict JSON readers (and Tune's result parsing) reject them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_finite(payload), indent=2))
-    os.replace(tmp, path)
-
-
 def save_checkpoint(root: Path, step: int, trainables: dict[str, DeepSpeedTrainable], state: dict[str, Any],
                     dist_info: DistInfo, keep: int) -> Path:
     """Every rank writes its shards into step_N.tmp; rank 0 adds state.json and renames it in one move,
@@ -175,11 +178,19 @@ def save_checkpoint(root: Path, step: int, trainables: dict[str, DeepSpeedTraina
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    for trainable in trainables.values():
-        trainable.save(tmp)
-    barrier()
+    try:
+        for trainable in trainables.values():
+            trainable.save(tmp)
+        barrier()
+        if dist_info.is_main:
+            write_json_atomic(tmp / "state.json", state | {"step": step})
+    except OSError as error:  # a full disk or quota, a read-only mount: the previous checkpoint is untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = checkpoint_dirs(root)
+        kept = f"the previous checkpoint {previous[-1].name} is intact" if previous else "no earlier checkpoint exists"
+        raise UserError(f"could not write checkpoint {final.name} in {root}: {error.strerror or error}; {kept}: free "
+                        "space (or fix the folder) and rerun the same command to resume") from None
     if dist_info.is_main:
-        write_json_atomic(tmp / "state.json", state | {"step": step})
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in checkpoint_dirs(root)[:-keep]:

@@ -24,7 +24,7 @@ matplotlib.use("Agg")  # the report only writes files; no display is needed or a
 import matplotlib.pyplot as plt  # noqa: E402
 
 from raybilevel import pareto
-from raybilevel.engine import write_json_atomic
+from raybilevel.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from raybilevel.search_space import SearchSpace, load_space
 from raybilevel.trials import SweepDir, TrialRecord
 
@@ -81,8 +81,8 @@ def write_report(root: Path) -> Report:
     figures = {"pareto": _plot_front(report), "curves": _plot_curves(report)}
     for name, png in figures.items():
         if png:
-            (sweep.root / f"{name}.png").write_bytes(png)
-    (sweep.root / "report.html").write_text(_html(report, figures))
+            write_bytes_atomic(sweep.root / f"{name}.png", png)
+    write_text_atomic(sweep.root / "report.html", _html(report, figures))
     return report
 
 
@@ -92,10 +92,11 @@ def _param_keys(records: list[TrialRecord]) -> list[str]:
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, text.getvalue())
 
 
 def _trial_row(report: Report, record: TrialRecord) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from raybilevel.config import Config, config_from_dict, flatten, from_dict, set_path
+from raybilevel.config import Config, config_from_dict, flatten, from_dict, set_path, yaml_where
 from raybilevel.errors import ConfigError, UserError
 from raybilevel.train import check_names
 
@@ -257,8 +257,8 @@ def load_space(space: str | Path) -> SearchSpace:
     path = resolve(space)
     try:
         data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
-        raise SpaceError(path.name, "malformed YAML; fix the syntax") from None
+    except yaml.YAMLError as error:
+        raise SpaceError(path.name, f"malformed YAML{yaml_where(error)}; fix the syntax") from None
     if not isinstance(data, dict):
         raise SpaceError(path.name, "the top level must be a mapping (name, base, params or grid, ...)")
     try:

@@ -20,10 +20,10 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from raybilevel.atomic import write_json_atomic, write_text_atomic
 from raybilevel.config import Config, dump_config, flatten
 from raybilevel.engine import (DeepSpeedTrainable, DistInfo, barrier, checkpoint_dirs, deepspeed_config,
-                               init_distributed, load_checkpoint, save_checkpoint, save_rank_checkpoint,
-                               write_json_atomic)
+                               init_distributed, load_checkpoint, save_checkpoint, save_rank_checkpoint)
 from raybilevel.errors import UserError
 from raybilevel.evaluate import evaluate, image_grid
 from raybilevel.losses import FineTuneLoss
@@ -115,6 +115,7 @@ def build_run(cfg: Config, output: Path) -> Run:
         upper_loss=upper_loss, lower_sampler=samplers["lower"], upper_sampler=samplers["upper"],
         get_lower_data=world.finetune.get_batch, lower_lr=cfg.lower.lr, upper_lr=cfg.upper.lr,
         grad_accum=cfg.engine.grad_accum, total_steps=cfg.train.steps,
+        on_nonfinite=cfg.train.on_nonfinite, max_skipped_steps=cfg.train.max_skipped_steps,
     )
     solver = SOLVERS.get(cfg.solver.name)(cfg.solver, levels)
     # One micro-batch size per engine: DeepSpeed only uses it for its own bookkeeping here.
@@ -152,7 +153,7 @@ def _truncate_scalars(path: Path, start: int) -> None:
     """Drop lines a killed run wrote after its last checkpoint, so the log has each step once."""
     if path.exists():
         keep = [line for line in path.read_text().splitlines() if json.loads(line)["step"] < start]
-        path.write_text("".join(line + "\n" for line in keep))
+        write_text_atomic(path, "".join(line + "\n" for line in keep))
 
 
 def _sample_grid(run: Run, step: int) -> None:
@@ -226,7 +227,7 @@ def train(cfg: Config, output: Path, hooks: RunHooks | None = None) -> dict[str,
     run = build_run(cfg, output)
     if run.dist.is_main:
         output.mkdir(parents=True, exist_ok=True)
-        (output / "config.yaml").write_text(dump_config(cfg))
+        write_text_atomic(output / "config.yaml", dump_config(cfg))
         from torch.utils.tensorboard import SummaryWriter
 
         run.writer = SummaryWriter(str(output / "tensorboard"))
@@ -252,8 +253,11 @@ def train(cfg: Config, output: Path, hooks: RunHooks | None = None) -> dict[str,
     metrics: dict[str, Any] = {}
     if run.dist.is_main:
         metrics = {"solver": cfg.solver.name, "steps": cfg.train.steps, "resumed_from": start,
-                   "budget": run.solver.state_dict()["budget"], "world_size": run.dist.world_size,
+                   "budget": run.solver.state_dict()["budget"], "skipped_steps": run.solver.skipped_steps,
+                   "world_size": run.dist.world_size,
                    "seconds_per_step": float(np.mean(run.timings)) if run.timings else None,
+                   # steady state: the first steps allocate optimizer state, a loaded machine adds spikes
+                   "seconds_per_step_median": float(np.median(run.timings)) if run.timings else None,
                    "student": run.student.description.get("stats", {})}
         if cfg.eval.enabled:
             evaluation = evaluate(run.world, load_student(output / "student").model, cfg.eval)

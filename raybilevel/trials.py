@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raybilevel.engine import write_json_atomic
+from raybilevel.atomic import write_json_atomic
 
 
 @dataclass(frozen=True)

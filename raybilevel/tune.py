@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.search.optuna import OptunaSearch
 
+from raybilevel.atomic import write_text_atomic
 from raybilevel.config import Config, flatten, parse_override
 from raybilevel.distributed import fit, storage_for
 from raybilevel.errors import UserError
@@ -36,13 +38,40 @@ PATH_KEYS = ("world.pretrained", "world.dataset.path", "world.concept_prompts", 
              "world.clip_judge", "pruning.path")
 
 
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in one line, within `timeout`, when nothing listens at a host:port (or ray://host:port)
+    address: ray.init itself retries an unreachable head for a minute and then raises a traceback."""
+    if address == "auto":
+        return
+    if "://" in address and not address.startswith("ray://"):
+        raise UserError(f"--address {address}: give the head's GCS address host:6379 (or ray://host:10001); an "
+                        "http:// address is the dashboard, used by `ray job submit --address`")
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address}: expected host:port, e.g. 10.0.0.1:6379 (or ray://host:10001, or auto)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise UserError(f"--address {address}: no Ray head answers there ({error.strerror or error}); start one with "
+                        "`ray start --head`, or check the host, port and firewall") from None
+
+
 @contextmanager
-def connected(address: str | None) -> Iterator[None]:
+def connected(address: str | None, dashboard_host: str = "127.0.0.1") -> Iterator[None]:
     """Join the cluster at `address` (or RAY_ADDRESS, as inside `ray job submit`), else start Ray here
-    ("local": without it ray.init would join whichever cluster this machine started last). On exit,
-    disconnect from a cluster, or stop the Ray started here."""
+    ("local": without it ray.init would join whichever cluster this machine started last) with its
+    dashboard bound to `dashboard_host` (loopback unless asked). On exit, disconnect from a cluster, or
+    stop the Ray started here."""
     Path(tempfile.gettempdir(), "ray").mkdir(exist_ok=True)  # Ray fails under a custom TMPDIR without it
-    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        check_reachable(address)
+        try:
+            ray.init(address=address)
+        except ConnectionError as error:
+            raise UserError(f"--address {address}: {str(error).splitlines()[0]}") from None
+    else:
+        ray.init(address="local", dashboard_host=dashboard_host)
     try:
         yield
     finally:
@@ -91,7 +120,7 @@ def run_sweep(space: SearchSpace, sweep: SweepDir, *, resume: bool = False) -> R
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True)
     else:
         sweep.root.mkdir(parents=True, exist_ok=True)
-        sweep.space_file.write_text(yaml.safe_dump(dataclasses.asdict(space), sort_keys=False))
+        write_text_atomic(sweep.space_file, yaml.safe_dump(dataclasses.asdict(space), sort_keys=False))
         tuner = tune.Tuner(
             trainable,
             param_space=space.grid_param_space() if space.is_grid else None,

@@ -13,6 +13,7 @@ from typing import Any, Callable, Protocol
 import torch
 
 from raybilevel.config import SolverConfig
+from raybilevel.errors import NonFiniteLossError
 from raybilevel.losses import FineTuneLoss, LowerBatch
 from raybilevel.solvers.data import EpochSampler
 from raybilevel.unlearning import UnlearningLoss
@@ -55,6 +56,8 @@ class Levels:
     upper_lr: float
     grad_accum: int
     total_steps: int
+    on_nonfinite: str = "stop"  # or "skip" (see Solver.take_step)
+    max_skipped_steps: int = 10
 
 
 class Solver(ABC):
@@ -64,6 +67,7 @@ class Solver(ABC):
         self.cfg, self.levels = cfg, levels
         self.budget = Budget()
         self.trainables: dict[str, Trainable] = {}
+        self.skipped_steps = 0
         self._last_lower: tuple[tuple[int, int], LowerBatch] | None = None
 
     # ---- construction
@@ -115,8 +119,14 @@ class Solver(ABC):
     def take_step(self, who: Trainable, step: int, level: str, lower_weight: float, upper_weight: float,
                   lr: float) -> dict[str, float]:
         """One optimizer step of `who` on lower_weight * L_ft + upper_weight * L_cu, over grad_accum
-        micro-batches; returns the mean of each logged term."""
+        micro-batches; returns the mean of each logged term (and skipped = 1 if the step was skipped).
+
+        A non-finite loss stops the run (on_nonfinite "stop") or skips the whole optimizer step ("skip"):
+        every micro-batch still runs backward (ZeRO reduces gradients inside backward and expects one per
+        micro-batch), then the optimizer's "skip" level leaves weights and moments as they were and the
+        engine discards the gradients, NaN or not."""
         logged: dict[str, float] = {}
+        skip = False
         for micro in range(self.levels.grad_accum):
             loss = torch.zeros(())
             if lower_weight:
@@ -131,19 +141,34 @@ class Solver(ABC):
                 terms["upper"] = float(upper.detach())
                 self.budget.upper_fb += 1
                 _accumulate(logged, terms, self.levels.grad_accum)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at step {step} ({level}): {logged}")
+            if not skip and not torch.isfinite(loss):
+                self._non_finite(step, level, logged)
+                skip = True
             who.backward(loss)
-            who.step(level, lr)
+            who.step("skip" if skip else level, lr)
         logged[f"lr_{level}"] = lr
+        if skip:
+            logged["skipped"] = 1.0
         return logged
+
+    def _non_finite(self, step: int, level: str, logged: dict[str, float]) -> None:
+        terms = ", ".join(f"{k}={v:.4g}" for k, v in logged.items())
+        if self.levels.on_nonfinite == "stop":
+            raise NonFiniteLossError(f"non-finite loss at step {step} ({level} step: {terms}); lower the learning "
+                                     "rate, or set train.on_nonfinite=skip to skip such steps")
+        self.skipped_steps += 1
+        if self.skipped_steps > self.levels.max_skipped_steps:
+            raise NonFiniteLossError(f"diverged: {self.skipped_steps} steps skipped for non-finite losses (last at "
+                                     f"step {step}: {terms}), more than train.max_skipped_steps="
+                                     f"{self.levels.max_skipped_steps}; lower the learning rate")
 
     # ---- state
     def state_dict(self) -> dict[str, Any]:
-        return {"budget": asdict(self.budget)}
+        return {"budget": asdict(self.budget), "skipped_steps": self.skipped_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.budget = Budget(**state["budget"])
+        self.skipped_steps = state.get("skipped_steps", 0)
 
 
 def _accumulate(into: dict[str, float], terms: dict[str, float], n: int) -> None:

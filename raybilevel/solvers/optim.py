@@ -2,7 +2,8 @@
 
 DeepSpeed wraps one model and one optimizer. The reference code's alternating solver keeps two AdamW
 states (lower and upper) over the same parameters; here one optimizer object holds both and `level`
-selects which state and which parameter groups a step uses. Upper steps move only the groups flagged
+selects which state and which parameter groups a step uses; level "skip" leaves weights and state as they
+are (a step whose loss was not finite). Upper steps move only the groups flagged
 `upper=True` (e.g. cross-attention for ESD-x). ZeRO flattens each parameter group into partitions but
 keeps the group dicts, so both the flag and the per-level state survive ZeRO 1-3 and its checkpoints.
 State keys are flat ("lower.exp_avg") and counters plain ints, as ZeRO's checkpoint code expects.
@@ -22,8 +23,10 @@ class BilevelAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        if self.level == "skip":
+            return None
         if self.level not in LEVELS:
-            raise ValueError(f"level must be one of {LEVELS}, got {self.level!r}")
+            raise ValueError(f"level must be one of {LEVELS} or 'skip', got {self.level!r}")
         for group in self.param_groups:
             if self.level == "upper" and not group["upper"]:
                 continue

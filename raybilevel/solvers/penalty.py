@@ -9,6 +9,7 @@ L_ft(theta) - L_ft(vartheta), measured on the outer step's batch, is the feasibi
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
@@ -36,7 +37,8 @@ class Penalty(Solver):
             gap = self.value_gap(step)
             outer = self.take_step(self.student, step, "lower", self.lam, 1.0, self.lr(self.levels.upper_lr, step))
             logged |= outer | {"value_gap": gap, "lambda": self.lam}
-            self.update_lambda(gap, outer["lower"])
+            if "skipped" not in outer and math.isfinite(gap):  # a NaN must not reach lambda
+                self.update_lambda(gap, outer["lower"])
         return logged
 
     @torch.no_grad()
