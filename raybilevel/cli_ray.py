@@ -13,7 +13,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(space.plan())
         return 0
-    with connected(args.address, args.dashboard_host):
+    with connected(args.address, args.dashboard_host) as dashboard:
+        if dashboard:
+            print(f"Ray dashboard: http://{dashboard}", flush=True)
         report = run_sweep(space, sweep, resume=args.resume)
     failed = [r for r in report.records if r.status == "failed"]
     finished = [r for r in report.records if r.status != "running"]

@@ -57,23 +57,23 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
 
 
 @contextmanager
-def connected(address: str | None, dashboard_host: str = "127.0.0.1") -> Iterator[None]:
+def connected(address: str | None, dashboard_host: str = "127.0.0.1") -> Iterator[str]:
     """Join the cluster at `address` (or RAY_ADDRESS, as inside `ray job submit`), else start Ray here
     ("local": without it ray.init would join whichever cluster this machine started last) with its
     dashboard bound to `dashboard_host` (loopback unless asked). On exit, disconnect from a cluster, or
-    stop the Ray started here."""
+    stop the Ray started here. Yields the dashboard's address (empty when it does not run)."""
     Path(tempfile.gettempdir(), "ray").mkdir(exist_ok=True)  # Ray fails under a custom TMPDIR without it
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         check_reachable(address)
         try:
-            ray.init(address=address)
+            context = ray.init(address=address)
         except ConnectionError as error:
             raise UserError(f"--address {address}: {str(error).splitlines()[0]}") from None
     else:
-        ray.init(address="local", dashboard_host=dashboard_host)
+        context = ray.init(address="local", dashboard_host=dashboard_host)
     try:
-        yield
+        yield context.dashboard_url or ""
     finally:
         ray.shutdown()
 

@@ -4,6 +4,10 @@ mid-run evaluations (train.eval_every) that trials report."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import ray
@@ -61,6 +65,37 @@ def test_workers_spread_over_two_nodes_and_a_rerun_resumes_from_the_merged_check
     assert [row["step"] for row in read_scalars(run)] == list(range(6))
     assert _steps(run / "evals.jsonl") == [2, 4, 6]
     assert sorted(p.name for p in (storage / "spread").glob("step_*")) == ["step_00000006"]
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_restarted_from_the_last_checkpoint(two_nodes, tmp_path):
+    """max_failures=1: one of the two ranks (one per node) is SIGKILLed mid-run; Ray restarts the worker group,
+    both ranks resume from the last committed checkpoint, and the run finishes with every step logged once."""
+    storage, run = tmp_path / "storage", tmp_path / "run"
+    cfg = load_config(None, TINY + ["ray.num_workers=2", "ray.placement_strategy=SPREAD", "ray.max_failures=1",
+                                    "train.steps=80", "train.checkpoint_every=4", "train.keep_checkpoints=1",
+                                    "eval.enabled=false"])
+
+    def committed() -> list[int]:
+        return [int(p.name.removeprefix("step_")) for p in (storage / "killed").glob("step_*")]
+
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(fit, cfg, run, name="killed", storage_path=str(storage))
+        deadline = time.time() + 300
+        while not committed() or not (run / "scalars.jsonl").exists() or read_scalars(run)[-1]["step"] < 10:
+            assert not running.done() and time.time() < deadline, "the run ended before the worker could be killed"
+            time.sleep(0.1)
+        victim = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True)[0]
+        checkpoint_before_kill = max(committed())
+        os.kill(victim.pid, signal.SIGKILL)
+        result = running.result(timeout=600)
+
+    assert result.error is None
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 80 and metrics["world_size"] == 2
+    # resumed from a checkpoint at least as recent as the last one committed before the kill
+    assert metrics["resumed_from"] >= checkpoint_before_kill > 0 and metrics["resumed_from"] % 4 == 0
+    assert [row["step"] for row in read_scalars(run)] == list(range(80))  # each step once, none lost
 
 
 def test_mid_run_evaluations_are_recorded_and_do_not_change_training(tmp_path):
