@@ -67,6 +67,17 @@ def test_workers_spread_over_two_nodes_and_a_rerun_resumes_from_the_merged_check
     assert sorted(p.name for p in (storage / "spread").glob("step_*")) == ["step_00000006"]
 
 
+def _last_logged_step(run) -> int:
+    """The last complete line's step in a scalars.jsonl being written (-1 before the first)."""
+    path = run / "scalars.jsonl"
+    for line in reversed(path.read_text().splitlines() if path.exists() else []):
+        try:
+            return json.loads(line)["step"]
+        except json.JSONDecodeError:  # a line caught half-written
+            continue
+    return -1
+
+
 @pytest.mark.slow
 def test_a_killed_worker_is_restarted_from_the_last_checkpoint(two_nodes, tmp_path):
     """max_failures=1: one of the two ranks (one per node) is SIGKILLed mid-run; Ray restarts the worker group,
@@ -82,7 +93,7 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(two_nodes, tmp_pa
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(fit, cfg, run, name="killed", storage_path=str(storage))
         deadline = time.time() + 300
-        while not committed() or not (run / "scalars.jsonl").exists() or read_scalars(run)[-1]["step"] < 10:
+        while not committed() or _last_logged_step(run) < 10:
             assert not running.done() and time.time() < deadline, "the run ended before the worker could be killed"
             time.sleep(0.1)
         victim = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True)[0]
