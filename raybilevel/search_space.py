@@ -27,24 +27,9 @@ import yaml
 
 from raybilevel.config import Config, config_from_dict, flatten, from_dict, set_path, yaml_where
 from raybilevel.errors import ConfigError, UserError
-from raybilevel.train import check_names
+from raybilevel.train import METHOD_KEYS, check_names
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
-
-# Config keys only some methods read: key -> (the key that picks the method, the methods that read it).
-# Searching one where the picked method ignores it wastes trials and blurs the sampler's model.
-READ_BY: dict[str, tuple[str, set[str]]] = {
-    "solver.K": ("solver.name", {"penalty", "adaptive", "alternating"}),
-    "solver.lam": ("solver.name", {"penalty", "adaptive"}),
-    "solver.gap_tolerance": ("solver.name", {"adaptive"}),
-    "solver.lam_rate": ("solver.name", {"adaptive"}),
-    "solver.lam_max": ("solver.name", {"adaptive"}),
-    "solver.mu": ("solver.name", {"joint"}),
-    "solver.erase_fraction": ("solver.name", {"two_stage"}),
-    "upper.eta": ("upper.method", {"esd", "esd_x", "esd_u"}),
-    "pruning.sparsity": ("pruning.method", {"magnitude", "channels"}),
-}
-
 
 class SpaceError(UserError):
     def __init__(self, source: str, message: str) -> None:
@@ -318,11 +303,14 @@ def _check_config(space: SearchSpace, params: dict[str, Any]) -> None:
 
 
 def _check_read_by(space: SearchSpace) -> None:
+    """Searching a key the picked method ignores (solver.lam for alternating) wastes trials and blurs the
+    sampler's model: each such key needs a `when` limiting it to the methods that declare they read it."""
     defaults = flatten(space.trial_config(space.example_params()).to_dict())
     for key, spec in space.params.items():
-        if key not in READ_BY:
+        found = [(picker, registry.readers(key)) for picker, registry in METHOD_KEYS.items() if registry.readers(key)]
+        if not found:
             continue
-        picker, readers = READ_BY[key]
+        picker, readers = found[0]
         if picker in spec.when:
             possible = set(spec.when[picker])
         elif picker in space.params:

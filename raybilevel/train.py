@@ -28,6 +28,7 @@ from raybilevel.errors import UserError
 from raybilevel.evaluate import evaluate, image_grid
 from raybilevel.losses import FineTuneLoss
 from raybilevel.pruning import PRUNERS, Student, load_student, prune, save_student
+from raybilevel.registry import Registry
 from raybilevel.sampling import sample
 from raybilevel.solvers import SOLVERS, Levels, Solver
 from raybilevel.solvers.data import EpochSampler
@@ -89,12 +90,17 @@ def check_output_dir(cfg: Config, output: Path) -> None:
                             "choose a new directory or rerun with the same config to resume")
 
 
+# The config keys that pick a registered method, and their registries.
+METHOD_KEYS: dict[str, Registry] = {"solver.name": SOLVERS, "upper.method": UNLEARNING, "pruning.method": PRUNERS}
+
+
 def check_names(cfg: Config) -> None:
     """Registry names are checked here, not in config.py, so a new method needs no config edit."""
-    for field, registry, value in (("solver.name", SOLVERS, cfg.solver.name), ("upper.method", UNLEARNING, cfg.upper.method),
-                                   ("pruning.method", PRUNERS, cfg.pruning.method)):
-        if value not in registry:
-            raise UserError(f"config error at '{field}': unknown {registry.kind} {value!r}; choose one of: {', '.join(registry.names())}")
+    chosen = flatten(cfg.to_dict())
+    for key, registry in METHOD_KEYS.items():
+        if chosen[key] not in registry:
+            raise UserError(f"config error at '{key}': unknown {registry.kind} {chosen[key]!r}; choose one of: "
+                            f"{', '.join(registry.names())}")
 
 
 def build_run(cfg: Config, output: Path) -> Run:

@@ -46,7 +46,7 @@ class Group:
     heads_of: str = ""
 
 
-@PRUNERS.register("channels")
+@PRUNERS.register("channels", reads=["pruning.sparsity"])
 def channels(teacher: nn.Module, *, sparsity: float, seed: int, path: str) -> Student:
     """`seed` is unused: the L1 ranking is deterministic (ties go to the lower index)."""
     model = copy.deepcopy(teacher)

@@ -34,7 +34,7 @@ class WeightMask(nn.Module):
         return weight * self.mask
 
 
-@PRUNERS.register("magnitude")
+@PRUNERS.register("magnitude", reads=["pruning.sparsity"])
 def magnitude(teacher: nn.Module, *, sparsity: float, seed: int, path: str) -> Student:
     """`seed` is unused: the ranking is deterministic (ties go to the lower index)."""
     model = copy.deepcopy(teacher)

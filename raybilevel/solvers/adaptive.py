@@ -16,7 +16,7 @@ from raybilevel.solvers.registry import SOLVERS
 LAM_MIN = 1e-3
 
 
-@SOLVERS.register("adaptive")
+@SOLVERS.register("adaptive", reads=["solver.K", "solver.lam", "solver.gap_tolerance", "solver.lam_rate", "solver.lam_max"])
 class Adaptive(Penalty):
     def update_lambda(self, gap: float, lower_value: float) -> None:
         relative = gap / max(abs(lower_value), 1e-12)

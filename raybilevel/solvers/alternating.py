@@ -6,7 +6,7 @@ from raybilevel.solvers.baselines import _SingleModel
 from raybilevel.solvers.registry import SOLVERS
 
 
-@SOLVERS.register("alternating")
+@SOLVERS.register("alternating", reads=["solver.K"])
 class Alternating(_SingleModel):
     def iteration(self, step: int) -> dict[str, float]:
         logged = self.take_step(self.student, step, "lower", 1.0, 0.0, self.lr(self.levels.lower_lr, step))

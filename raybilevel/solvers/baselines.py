@@ -20,7 +20,7 @@ class DistillOnly(_SingleModel):
         return self.take_step(self.student, step, "lower", 1.0, 0.0, self.lr(self.levels.lower_lr, step))
 
 
-@SOLVERS.register("joint")
+@SOLVERS.register("joint", reads=["solver.mu"])
 class Joint(_SingleModel):
     """One weighted sum L_ft + mu L_cu on every parameter, one optimizer."""
 
@@ -28,7 +28,7 @@ class Joint(_SingleModel):
         return self.take_step(self.student, step, "lower", 1.0, self.cfg.mu, self.lr(self.levels.lower_lr, step))
 
 
-@SOLVERS.register("two_stage")
+@SOLVERS.register("two_stage", reads=["solver.erase_fraction"])
 class TwoStage(_SingleModel):
     """Distill for (1 - erase_fraction) of the steps, then erase (upper steps only) for the rest."""
 

@@ -18,7 +18,7 @@ from raybilevel.solvers.base import MakeTrainable, Solver
 from raybilevel.solvers.registry import SOLVERS
 
 
-@SOLVERS.register("penalty")
+@SOLVERS.register("penalty", reads=["solver.K", "solver.lam"])
 class Penalty(Solver):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

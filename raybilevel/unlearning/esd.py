@@ -24,21 +24,21 @@ class _ESD(UnlearningLoss):
         return anchor_out - self.cfg.eta * (concept_out - anchor_out)
 
 
-@UNLEARNING.register("esd_x")
+@UNLEARNING.register("esd_x", reads=["upper.eta"])
 class ESDCrossAttention(_ESD):
     @staticmethod
     def updates(name: str) -> bool:
         return is_cross_attention(name)
 
 
-@UNLEARNING.register("esd_u")
+@UNLEARNING.register("esd_u", reads=["upper.eta"])
 class ESDUnconditional(_ESD):
     @staticmethod
     def updates(name: str) -> bool:
         return not is_cross_attention(name)
 
 
-@UNLEARNING.register("esd")
+@UNLEARNING.register("esd", reads=["upper.eta"])
 class ESDFull(_ESD):
     @staticmethod
     def updates(name: str) -> bool:
