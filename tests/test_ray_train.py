@@ -7,7 +7,7 @@ import json
 import os
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
+import threading
 
 import pytest
 import ray
@@ -90,16 +90,28 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(two_nodes, tmp_pa
     def committed() -> list[int]:
         return [int(p.name.removeprefix("step_")) for p in (storage / "killed").glob("step_*")]
 
-    with ThreadPoolExecutor(1) as pool:
-        running = pool.submit(fit, cfg, run, name="killed", storage_path=str(storage))
-        deadline = time.time() + 300
-        while not committed() or _last_logged_step(run) < 10:
-            assert not running.done() and time.time() < deadline, "the run ended before the worker could be killed"
-            time.sleep(0.1)
-        victim = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True)[0]
-        checkpoint_before_kill = max(committed())
-        os.kill(victim.pid, signal.SIGKILL)
-        result = running.result(timeout=600)
+    outcome: dict = {}
+
+    def run_fit() -> None:
+        try:
+            outcome["result"] = fit(cfg, run, name="killed", storage_path=str(storage))
+        except BaseException as error:  # noqa: BLE001  (reported by the assertion below)
+            outcome["error"] = error
+
+    # a daemon thread: if an assertion below fails, the test ends without waiting for the run
+    runner = threading.Thread(target=run_fit, daemon=True)
+    runner.start()
+    deadline = time.time() + 600
+    while not committed() or _last_logged_step(run) < 10:
+        assert runner.is_alive(), f"the run ended before the worker could be killed: {outcome}"
+        assert time.time() < deadline, f"no checkpoint and step 10 after 600 s (last step {_last_logged_step(run)})"
+        time.sleep(0.1)
+    victim = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True)[0]
+    checkpoint_before_kill = max(committed())
+    os.kill(victim.pid, signal.SIGKILL)
+    runner.join(timeout=900)
+    assert "result" in outcome, outcome
+    result = outcome["result"]
 
     assert result.error is None
     metrics = json.loads((run / "metrics.json").read_text())

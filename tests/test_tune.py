@@ -151,10 +151,9 @@ TINY_SPACE = {
 
 @pytest.mark.slow
 def test_an_interrupted_sweep_resumes_and_its_front_is_optunas(tmp_path):
-    """`raybilevel tune` on 2 DeepSpeed workers per trial, its driver SIGKILLed once the first trial has a
-    checkpoint (Ray's reaper then stops the local cluster), then `--resume`d: all trials finish, the
-    interrupted one from its checkpoint, and the report's Pareto front is exactly Optuna's best_trials
-    read back from the sqlite storage."""
+    """`raybilevel tune` on 2 DeepSpeed workers per trial, stopped by Ctrl-C once the first trial has a
+    checkpoint, then `--resume`d: all trials finish, the interrupted one from its checkpoint, and the
+    report's Pareto front is exactly Optuna's best_trials read back from the sqlite storage."""
     space_file, out = tmp_path / "tiny.yaml", tmp_path / "sweep"
     space_file.write_text(yaml.safe_dump(TINY_SPACE, sort_keys=False))
     with open(tmp_path / "first.log", "w") as log:
@@ -163,8 +162,9 @@ def test_an_interrupted_sweep_resumes_and_its_front_is_optunas(tmp_path):
         while not list(out.glob("ray/tiny-train/*/step_00000002")):
             assert first.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()[-3000:]
             time.sleep(0.5)
-        first.send_signal(signal.SIGKILL)
-        assert first.wait(timeout=60) == -signal.SIGKILL
+        first.send_signal(signal.SIGINT)
+        assert first.wait(timeout=300) == 0
+    assert "interrupted; continue with: raybilevel tune --resume" in (tmp_path / "first.log").read_text()
 
     resumed = subprocess.run(cli("tune", "--resume", "--output", str(out)), capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
