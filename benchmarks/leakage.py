@@ -118,8 +118,8 @@ def main() -> None:
             results = list(pool.map(lambda cs: job(*cs, opts), jobs))
     table = summarise(results)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "leakage.json").write_text(json.dumps({"settings": vars(opts), "table": table,
-                                                       "wall_seconds": time.time() - started}, indent=2))
+    timing = {} if opts.summarise_only else {"wall_seconds": time.time() - started}
+    (RESULTS / "leakage.json").write_text(json.dumps({"settings": vars(opts), "table": table, **timing}, indent=2))
     (RESULTS / "leakage.md").write_text(markdown(table, opts))
     print(markdown(table, opts))
 

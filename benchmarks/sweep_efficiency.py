@@ -58,9 +58,9 @@ def run_study(name: str, seed: int, n_trials: int, opts: argparse.Namespace) -> 
     folder = RUNS / space.name / f"{name}_s{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(study_name=f"{name}_s{seed}", storage=f"sqlite:///{folder / 'optuna.db'}",
-                                load_if_exists=True, directions=list(space.objectives.values()),
+                                load_if_exists=True, directions=[f"{mode}imize" for mode in space.objectives.values()],
                                 sampler=sampler(name, seed, space))
-    for stale in study.get_trials(deep=False, states=(optuna.trial.TrialState.RUNNING,)):
+    for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(stale.number, state=optuna.trial.TrialState.FAIL)  # interrupted last time: counts as tried
     while len(study.trials) < n_trials:
         trial = study.ask()
