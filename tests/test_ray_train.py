@@ -87,8 +87,14 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(two_nodes, tmp_pa
                                     "train.steps=80", "train.checkpoint_every=4", "train.keep_checkpoints=1",
                                     "eval.enabled=false"])
 
-    def committed() -> list[int]:
-        return [int(p.name.removeprefix("step_")) for p in (storage / "killed").glob("step_*")]
+    def committed() -> int:
+        """The step of Ray's latest committed checkpoint (0 before the first). A step_N folder appears as
+        soon as one rank uploads; Ray commits it only once every rank has reported it."""
+        try:
+            snapshot = json.loads((storage / "killed" / "checkpoint_manager_snapshot.json").read_text())
+            return snapshot["latest_checkpoint_result"]["metrics"]["step"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+            return 0
 
     outcome: dict = {}
 
@@ -107,7 +113,7 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(two_nodes, tmp_pa
         assert time.time() < deadline, f"no checkpoint and step 10 after 600 s (last step {_last_logged_step(run)})"
         time.sleep(0.1)
     victim = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True)[0]
-    checkpoint_before_kill = max(committed())
+    checkpoint_before_kill = committed()
     os.kill(victim.pid, signal.SIGKILL)
     runner.join(timeout=900)
     assert "result" in outcome, outcome
