@@ -84,6 +84,16 @@ def run_study(name: str, seed: int, n_trials: int, opts: argparse.Namespace) -> 
     return [{"number": t.number, "params": t.params, "values": t.values} for t in study.trials]
 
 
+def read_study(name: str, seed: int, opts: argparse.Namespace) -> list[dict] | None:
+    """The trials a study holds so far (None if it never started): for --summarise-only."""
+    path = RUNS / load_space(opts.space).name / f"{name}_s{seed}" / "optuna.db"
+    if not path.exists():
+        return None
+    study = optuna.load_study(study_name=f"{name}_s{seed}", storage=f"sqlite:///{path}")
+    finished = [t for t in study.trials if t.state.is_finished()]
+    return [{"number": t.number, "params": t.params, "values": t.values} for t in finished]
+
+
 def hypervolume_curve(trials: list[dict], space: SearchSpace, reference: list[float]) -> list[float]:
     modes = list(space.objectives.values())
     points, curve = [], []
@@ -128,7 +138,7 @@ def markdown(summary: dict, opts: argparse.Namespace, space: SearchSpace, refere
         reach = row.get("trials_to_random32", {})
         per_seed = ", ".join(f"s{s}: {n if n is not None else 'never'}" for s, n in reach.items())
         mean_reach = row.get("mean_curve_trials_to_random32")
-        lines.append(f"| {name} | " + " | ".join(fmt(row.get(f"hv@{n}")) for n in CHECKPOINTS)
+        lines.append(f"| {name} (seeds {', '.join(map(str, row['seeds']))}) | " + " | ".join(fmt(row.get(f"hv@{n}")) for n in CHECKPOINTS)
                      + f" | {per_seed} | {mean_reach if mean_reach is not None else 'never'} |")
     target = summary["random_32_trial_hv_mean"]
     if target is not None:
@@ -147,6 +157,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--summarise-only", action="store_true", help="tabulate the studies as they are, run nothing")
     parser.add_argument("--reference", type=float, nargs=2, metavar=("QUALITY", "CONCEPT_RATE"),
                         help="hypervolume reference point (default: the space's; shortened trials score worse)")
     opts = parser.parse_args()
@@ -155,16 +166,21 @@ def main() -> None:
     budgets = {name: int(n) for name, n in (item.split("=") for item in opts.trials)}
     started = time.time()
     studies = [(name, seed, n) for seed in opts.seeds for name, n in budgets.items()]
-    with ProcessPoolExecutor(opts.parallel, mp_context=get_context("spawn")) as pool:
-        results = list(pool.map(run_study, *zip(*studies), [opts] * len(studies)))
+    if opts.summarise_only:
+        found = [(study, read_study(study[0], study[1], opts)) for study in studies]
+        studies, results = [s for s, t in found if t], [t for _, t in found if t]
+    else:
+        with ProcessPoolExecutor(opts.parallel, mp_context=get_context("spawn")) as pool:
+            results = list(pool.map(run_study, *zip(*studies), [opts] * len(studies)))
     curves: dict[str, dict[int, list[float]]] = {}
     for (name, seed, _), trials in zip(studies, results):
         curves.setdefault(name, {})[seed] = hypervolume_curve(trials, space, reference)
     summary = summarise(curves)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    timing = {} if opts.summarise_only else {"wall_seconds": time.time() - started}
     (RESULTS / "sweep_efficiency.json").write_text(json.dumps(
         {"settings": vars(opts), "curves": curves, "trials": {f"{n}_s{s}": t for (n, s, _), t in zip(studies, results)},
-         **summary, "wall_seconds": time.time() - started}, indent=2))
+         **summary, **timing}, indent=2))
     text = markdown(summary, opts, space, reference)
     (RESULTS / "sweep_efficiency.md").write_text(text)
     print(text)
