@@ -307,7 +307,7 @@ def _check_read_by(space: SearchSpace) -> None:
     sampler's model: each such key needs a `when` limiting it to the methods that declare they read it."""
     defaults = flatten(space.trial_config(space.example_params()).to_dict())
     for key, spec in space.params.items():
-        found = [(picker, registry.readers(key)) for picker, registry in METHOD_KEYS.items() if registry.readers(key)]
+        found = [(picker, readers) for picker, registry in METHOD_KEYS.items() if (readers := registry.readers(key))]
         if not found:
             continue
         picker, readers = found[0]
