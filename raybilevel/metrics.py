@@ -22,3 +22,22 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
     cross = _sqrtm_psd(root_a @ cov_b @ root_a)
     value = (mu_a - mu_b).pow(2).sum() + torch.trace(cov_a + cov_b - 2 * cross)
     return float(value.clamp(min=0))
+
+
+def changed_prompt_share(student: torch.Tensor, teacher: torch.Tensor, prompt_ids: torch.Tensor) -> float:
+    """The paper's CP: the share of prompts whose mean CLIP similarity fell from the teacher's to the student's.
+
+    student, teacher: (N,) CLIP similarities of each sample to its prompt, row i of both drawn from the same
+    prompt and seed; prompt_ids: (N,) which prompt each row belongs to. A prompt counts when the mean over its
+    rows is strictly lower for the student, so a student equal to its teacher scores 0.
+    """
+    if not student.shape == teacher.shape == prompt_ids.shape or student.dim() != 1 or not len(student):
+        raise ValueError(f"changed_prompt_share needs three (N,) tensors, N >= 1; got shapes {tuple(student.shape)}, "
+                         f"{tuple(teacher.shape)}, {tuple(prompt_ids.shape)}")
+    _, groups = torch.unique(prompt_ids, return_inverse=True)
+    sizes = torch.bincount(groups).double()
+
+    def prompt_means(values: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(sizes), dtype=torch.float64).index_add_(0, groups, values.double()) / sizes
+
+    return float((prompt_means(student) < prompt_means(teacher)).double().mean())

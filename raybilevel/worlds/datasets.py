@@ -130,6 +130,11 @@ def to_pixels(image: Image.Image, resolution: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
 
 
+def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] as the 8-bit values a saved PNG holds: round((x + 1) * 127.5), clamped; on the CPU."""
+    return ((pixels.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
 @torch.no_grad()
 def encode_pixels(vae: torch.nn.Module, pixels: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
     """Latents on the CPU as the UNet sees them: the posterior mean (deterministic) times scaling_factor."""

@@ -6,7 +6,6 @@ the teacher's VAE. Concept images drawn from the teacher are cached on disk (RAY
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -27,6 +26,7 @@ from raybilevel.worlds.base import ConceptData, World
 from raybilevel.worlds.clip_judge import ClipEvaluator, ClipJudge
 from raybilevel.worlds.datasets import (LatentDataset, encode_pixels, files_source, first_line, image_files,
                                         load_source)
+from raybilevel.worlds.prompt_sets import read_table
 
 PARTS = ("unet", "text_encoder", "tokenizer", "vae", "scheduler")
 N_PRESERVATION_PROMPTS = 8
@@ -97,22 +97,13 @@ def load_teacher(pretrained: str, device: str | torch.device) -> Teacher:
 
 def read_concept_prompts(path: str, default_anchor: str) -> tuple[list[str], list[str]]:
     """(prompts, anchors) from a .txt (one prompt per line) or a .csv (`prompt`, optional `anchor`)."""
-    file = Path(path)
-    if not file.is_file() or file.suffix not in (".txt", ".csv"):
-        raise ConfigError("world.concept_prompts", f"no .txt or .csv file at {file}; give one prompt per line "
-                          "(.txt) or columns prompt[,anchor] (.csv)")
-    if file.suffix == ".txt":
-        rows = [{"prompt": line} for line in file.read_text().splitlines()]
-    else:
-        with file.open(newline="") as handle:
-            reader = csv.DictReader(handle)
-            rows = list(reader)
-        if "prompt" not in (reader.fieldnames or []):
-            raise ConfigError("world.concept_prompts",
-                              f"{file} has no 'prompt' column; its columns: {', '.join(reader.fieldnames or [])}")
-    rows = [row for row in rows if row["prompt"].strip()]
+    rows, columns = read_table(path, "world.concept_prompts", "one prompt per line (.txt) or columns "
+                               "prompt[,anchor] (.csv)")
+    if "prompt" not in columns:
+        raise ConfigError("world.concept_prompts", f"{path} has no 'prompt' column; its columns: {', '.join(columns)}")
+    rows = [row for row in rows if (row["prompt"] or "").strip()]
     if not rows:
-        raise ConfigError("world.concept_prompts", f"{file} holds no prompts")
+        raise ConfigError("world.concept_prompts", f"{path} holds no prompts")
     # An empty or absent anchor cell means the world's default anchor.
     return [row["prompt"].strip() for row in rows], [(row.get("anchor") or default_anchor).strip() for row in rows]
 

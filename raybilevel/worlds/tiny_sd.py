@@ -2,7 +2,7 @@
 
 Everything is built from configs in a second or two, so tests and examples exercise the diffusers world
 end to end with no download: an SD-layout folder (16 px images, 4 x 8 x 8 latents), an imagefolder dataset
-without the concept, a concept-prompt file and a CLIP judge folder.
+without the concept, a concept-prompt file, a CLIP judge folder and a TorchScript Inception stand-in for FID.
 """
 from __future__ import annotations
 
@@ -90,6 +90,26 @@ def build_tiny_clip_judge(folder: str | Path, seed: int = 0) -> Path:
     CLIPModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return Path(folder)
+
+
+class TinyInception(torch.nn.Module):
+    """Called like clean-fid's Inception: (N, 3, 299, 299) in [0, 255] to (N, 16) features, or (N, 10) logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, kernel_size=7, stride=4)
+        self.head = torch.nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        features = torch.relu(self.conv(x / 127.5 - 1)).mean(dim=(2, 3))
+        return features if return_features else self.head(features)
+
+
+def build_tiny_inception(path: str | Path, seed: int = 0) -> Path:
+    """A random TinyInception saved with torch.jit.save, loadable where the real Inception file goes."""
+    torch.manual_seed(seed)
+    torch.jit.save(torch.jit.script(TinyInception().eval()), str(path))
+    return Path(path)
 
 
 def caption(colour: str, shape: str) -> str:
