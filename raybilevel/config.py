@@ -217,25 +217,63 @@ class SolverConfig:
         _check(self.warmup_steps >= 0, f"{path}.warmup_steps", "must be >= 0")
 
 
+PRECISIONS = ("fp32", "bf16", "bf16_autocast")
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
+OFFLOADS = ("none", "optimizer", "optimizer_and_params")
+
+
 @dataclass
 class EngineConfig:
-    """DeepSpeed settings.
+    """DeepSpeed settings and the speed options of the training models (raybilevel/acceleration.py).
 
     Args:
-        zero_stage: ZeRO stage 0-3. precision: fp32 or bf16. grad_accum: micro-steps per optimizer step.
-        grad_clip: gradient-norm clip (0 = off).
+        zero_stage: ZeRO stage 0-3 (Stable Diffusion runs: 2; 3 also partitions the weights).
+        precision: fp32; bf16 (DeepSpeed's bf16: weights, activations and gradients in bf16, fp32 master
+            weights and moments in the optimizer); bf16_autocast (fp32 weights and optimizer, forward passes
+            under torch.autocast(bfloat16) through DeepSpeed's torch_autocast: matmuls and convolutions in
+            bf16, normalisations and softmax in fp32; ZeRO reduces those layers' gradients in bf16).
+        grad_accum: micro-steps per optimizer step. grad_clip: gradient-norm clip (0 = off).
+        gradient_checkpointing: the student recomputes its blocks' activations during backward (diffusers'
+            enable_gradient_checkpointing): much less activation memory for about one more forward pass.
+        channels_last: the inputs of both UNets and the teacher's weights in channels-last (NHWC) memory
+            format, which GPU convolutions prefer; the student's convolutions follow their input (its weights
+            stay NCHW: DeepSpeed broadcasts and flattens parameters as contiguous tensors).
+        compile: torch.compile the student's forward, in place (Module.compile): parameter names, DeepSpeed
+            checkpoints and saved students stay as without it. The first steps are slow (compilation).
+        compile_backend: the torch.compile backend: inductor (GPU runs), aot_eager or eager (tests, debugging).
+        teacher_dtype: the frozen teacher's weights: auto (bf16 when precision is bf16 or bf16_autocast, else
+            fp32), fp32 or bf16. It never builds an autograd graph; its outputs and features are cast to fp32
+            before any loss, so the distillation losses are computed in fp32.
+        offload: none; optimizer (ZeRO-Offload: fp32 master weights and both levels' moments live in CPU
+            memory and the optimizer step runs on the CPU; zero_stage >= 1); optimizer_and_params (also the
+            weights, fetched to the GPU per layer; zero_stage 3).
     """
 
     zero_stage: int = 0
     precision: str = "fp32"
     grad_accum: int = 1
     grad_clip: float = 1.0
+    gradient_checkpointing: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    compile_backend: str = "inductor"
+    teacher_dtype: str = "auto"
+    offload: str = "none"
 
     def validate(self, path: str) -> None:
         _check(self.zero_stage in (0, 1, 2, 3), f"{path}.zero_stage", f"{self.zero_stage} is not a ZeRO stage; use 0, 1, 2 or 3")
-        _check(self.precision in ("fp32", "bf16"), f"{path}.precision", f"{self.precision!r}: use fp32 or bf16")
+        _check(self.precision in PRECISIONS, f"{path}.precision", f"{self.precision!r}: use fp32, bf16 or bf16_autocast")
         _check(self.grad_accum >= 1, f"{path}.grad_accum", "must be >= 1")
         _check(self.grad_clip >= 0, f"{path}.grad_clip", "must be >= 0")
+        _check(self.compile_backend in COMPILE_BACKENDS, f"{path}.compile_backend",
+               f"{self.compile_backend!r}: use inductor, aot_eager or eager")
+        _check(self.teacher_dtype in ("auto", "fp32", "bf16"), f"{path}.teacher_dtype", f"{self.teacher_dtype!r}: use auto, fp32 or bf16")
+        _check(self.offload in OFFLOADS, f"{path}.offload", f"{self.offload!r}: use none, optimizer or optimizer_and_params")
+        _check(self.offload == "none" or self.zero_stage >= 1, f"{path}.offload",
+               f"offload {self.offload} needs ZeRO's partitions; set engine.zero_stage=2 (or 3), or engine.offload=none")
+        _check(self.offload != "optimizer_and_params" or self.zero_stage == 3, f"{path}.offload",
+               "offload optimizer_and_params needs engine.zero_stage=3 (only ZeRO-3 partitions the weights); "
+               "set it, or use engine.offload=optimizer")
 
 
 @dataclass

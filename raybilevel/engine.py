@@ -59,16 +59,34 @@ def barrier() -> None:
 
 
 def deepspeed_config(cfg: EngineConfig, micro_batch: int) -> dict[str, Any]:
-    return {
+    config = {
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": cfg.grad_accum,
         "gradient_clipping": cfg.grad_clip,
-        "zero_optimization": {"stage": cfg.zero_stage},
+        "zero_optimization": {"stage": cfg.zero_stage, **_offload(cfg)},
         "bf16": {"enabled": cfg.precision == "bf16"},
+        "torch_autocast": {"enabled": cfg.precision == "bf16_autocast", "dtype": "bfloat16"},
         "zero_allow_untested_optimizer": True,  # BilevelAdamW is a plain torch optimizer
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if cfg.offload != "none":
+        # DeepSpeed refuses a client optimizer with offload unless told otherwise: it wants its C++
+        # DeepSpeedCPUAdam, which has one moment state, not BilevelAdamW's two. BilevelAdamW's torch ops
+        # run on the offloaded CPU partitions instead (correct; slower than DeepSpeedCPUAdam).
+        config["zero_force_ds_cpu_optimizer"] = False
+    return config
+
+
+def _offload(cfg: EngineConfig) -> dict[str, Any]:
+    """ZeRO's offload sections; pinned host memory only where there is a GPU to copy to."""
+    if cfg.offload == "none":
+        return {}
+    target = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    sections = {"offload_optimizer": target}
+    if cfg.offload == "optimizer_and_params":
+        sections["offload_param"] = target
+    return sections
 
 
 def _weights_only_checkpoint_engine(config):

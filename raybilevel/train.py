@@ -20,6 +20,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from raybilevel.acceleration import prepare_student, prepare_teacher
 from raybilevel.atomic import write_json_atomic, write_text_atomic
 from raybilevel.config import Config, dump_config, flatten
 from raybilevel.engine import (DeepSpeedTrainable, DistInfo, barrier, checkpoint_dirs, deepspeed_config,
@@ -83,7 +84,9 @@ def check_output_dir(cfg: Config, output: Path) -> None:
         if output.exists() and any(p.name not in ("config.yaml",) for p in output.iterdir()):
             raise UserError(f"--output {output} is not empty and holds no raybilevel run; choose a new directory")
         return
-    old, new = flatten(yaml.safe_load(saved.read_text()) or {}), flatten(cfg.to_dict())
+    # keys added since that run was written count as their defaults, which keep the behaviour of before
+    old = flatten(Config().to_dict()) | flatten(yaml.safe_load(saved.read_text()) or {})
+    new = flatten(cfg.to_dict())
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key) and not any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES):
             raise UserError(f"--output {output} holds another run ({key}: {old.get(key)!r} there, {new.get(key)!r} now); "
@@ -103,13 +106,16 @@ def check_names(cfg: Config) -> None:
                             f"{', '.join(registry.names())}")
 
 
-def build_run(cfg: Config, output: Path) -> Run:
+def build_run(cfg: Config, output: Path, world: World | None = None) -> Run:
+    """`world`: a ready-made world instead of cfg.world's (benchmarks/gpu_throughput.py); this run owns it."""
     check_names(cfg)
     dist = init_distributed()
     seed_everything(cfg.seed, cfg.deterministic)
     device = torch.device(f"cuda:{dist.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    world = build_world(cfg.world, cfg.seed, device)
+    if world is None:
+        world = build_world(cfg.world, cfg.seed, device)
     student = prune(cfg.pruning.method, world.teacher, sparsity=cfg.pruning.sparsity, seed=cfg.seed, path=cfg.pruning.path)
+    prepare_teacher(world.teacher, cfg.engine)  # only now: the student was copied from it in fp32
     upper_loss = UNLEARNING.get(cfg.upper.method)(world.teacher, cfg.upper, world.scheduler_config, world.concept, world.prompts)
     samplers = {
         name: EpochSampler(n, batch, cfg.seed, name, dist.rank, dist.world_size, cfg.engine.grad_accum)
@@ -128,6 +134,7 @@ def build_run(cfg: Config, output: Path) -> Run:
     ds_config = deepspeed_config(cfg.engine, cfg.lower.batch_size)
 
     def make(name: str, module: torch.nn.Module, groups: list[dict[str, Any]]) -> DeepSpeedTrainable:
+        prepare_student(module, cfg.engine)
         return DeepSpeedTrainable(name, module, groups, ds_config, weight_decay=0.0,
                                   after_step=student.apply_constraints if name == "theta" else None)
 
