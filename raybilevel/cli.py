@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from raybilevel.cli_ray import add_ray_commands
-from raybilevel.errors import NonFiniteLossError, UserError
+from raybilevel.errors import ConfigError, NonFiniteLossError, UserError
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +83,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if args.dry_run:
+        return 0
+    if cfg.world.kind != "diffusers":
+        raise ConfigError("world.kind", "export writes a Stable Diffusion pipeline: it needs world.kind diffusers "
+                          "and world.pretrained (the teacher pipeline whose parts go beside the student)")
+    from raybilevel.export import export_pipeline
+    from raybilevel.pruning import load_student
+    from raybilevel.worlds.diffusers_world import resolve_pipeline
+
+    folder = export_pipeline(load_student(Path(args.student)), resolve_pipeline(cfg.world.pretrained),
+                             Path(args.output))
+    print(f"wrote {folder}: StableDiffusionPipeline.from_pretrained({str(folder)!r}) samples from the student")
+    return 0
+
+
 def cmd_toy(args: argparse.Namespace) -> int:
     from raybilevel.worlds.toy import build
 
@@ -117,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--student", required=True, help="student folder, or 'teacher'")
     evaluate.add_argument("--output", help="write the metrics here as JSON")
     evaluate.set_defaults(func=cmd_eval)
+
+    export = sub.add_parser("export", help="write a saved student as a diffusers Stable Diffusion pipeline folder")
+    _config_args(export)
+    export.add_argument("--student", required=True, help="student folder (a run's student/ or raybilevel prune's)")
+    export.add_argument("--output", required=True, help="pipeline folder to write")
+    export.set_defaults(func=cmd_export)
 
     toy = sub.add_parser("toy", help="build or inspect the embedded toy world")
     toy.add_argument("action", choices=["build", "inspect"])

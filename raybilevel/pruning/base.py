@@ -98,7 +98,7 @@ def save_student(student: Student, folder: str | os.PathLike) -> None:
         weights = {name: tensor.detach().cpu().contiguous() for name, tensor in student.model.state_dict().items()}
         save_file(weights, tmp / WEIGHTS_FILE)
         (tmp / DESCRIPTION_FILE).write_text(json.dumps(student.description, indent=2))
-        _replace_folder(tmp, folder)
+        replace_folder(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -168,7 +168,7 @@ def _stats_inputs(config: dict[str, Any]) -> dict[str, Any]:
     return {"sample_shape": (config["in_channels"], height, width), "cross_dim": config["cross_attention_dim"]}
 
 
-def _replace_folder(new: Path, folder: Path) -> None:
+def replace_folder(new: Path, folder: Path) -> None:
     """os.replace cannot overwrite a non-empty folder: move the old one aside, then delete it."""
     if not folder.exists():
         os.replace(new, folder)
