@@ -7,13 +7,17 @@ Sources (`world.dataset.kind`):
   rows need the image column (PIL images) and the caption column.
 - coco: COCO 2017 layout, `path/<captions_file>` and images under `path/<split>2017/`. One row per image,
   with its first caption (lowest annotation id), so each image is encoded once and rows are stable.
+With `streaming`, an hf dataset is read in order only (ImageCaptionStream): its rows are encoded once,
+into memory or into the on-disk latent cache (latent_cache.py), and then read by index like any other.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from itertools import islice
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -22,6 +26,7 @@ from tqdm import tqdm
 
 from raybilevel.config import DatasetConfig
 from raybilevel.errors import ConfigError
+from raybilevel.worlds.latent_cache import LatentCache, open_cache
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -40,6 +45,18 @@ class ImageCaptions:
 
     def __len__(self) -> int:
         return len(self.captions)
+
+
+@dataclass
+class ImageCaptionStream:
+    """Rows that can only be read in order (a streamed hf dataset); `limit` caps them (0 = all)."""
+
+    name: str
+    rows_from: Callable[[int], Iterator[tuple[Image.Image, str]]]
+    limit: int = 0
+
+
+Source = ImageCaptions | ImageCaptionStream
 
 
 def _require_columns(columns: Iterable[str], needed: dict[str, str], where: str) -> None:
@@ -72,9 +89,41 @@ def _imagefolder(cfg: DatasetConfig) -> ImageCaptions:
                         [str(row[cfg.caption_column]) for row in rows])
 
 
-def _hf(cfg: DatasetConfig) -> ImageCaptions:
+def _is_saved_dataset(path: str) -> bool:
+    """A save_to_disk folder (which load_dataset cannot read), as opposed to a folder of data files."""
+    return any((Path(path) / name).is_file() for name in ("dataset_dict.json", "state.json"))
+
+
+def _hf_stream(cfg: DatasetConfig) -> ImageCaptionStream:
     import datasets
 
+    try:
+        data = (datasets.load_from_disk(cfg.path) if _is_saved_dataset(cfg.path)
+                else datasets.load_dataset(cfg.path, split=cfg.split, streaming=True))
+    except (OSError, ValueError) as error:
+        raise ConfigError("world.dataset.path", f"cannot stream dataset {cfg.path!r} ({first_line(error)}); "
+                          "give a datasets name or a folder of data files") from None
+    if isinstance(data, datasets.DatasetDict):
+        if cfg.split not in data:
+            raise ConfigError("world.dataset.split", f"no split {cfg.split!r} in {cfg.path}; splits: {', '.join(data)}")
+        data = data[cfg.split]
+    if isinstance(data, datasets.Dataset):
+        data = data.to_iterable_dataset()
+    if data.column_names is not None:  # some streams only learn their columns from their first row
+        _require_columns(data.column_names,
+                         {cfg.image_column: "image_column", cfg.caption_column: "caption_column"}, cfg.path)
+
+    def rows_from(start: int) -> Iterator[tuple[Image.Image, str]]:
+        return ((row[cfg.image_column], str(row[cfg.caption_column])) for row in data.skip(start))
+
+    return ImageCaptionStream(cfg.path, rows_from, cfg.max_samples)
+
+
+def _hf(cfg: DatasetConfig) -> Source:
+    import datasets
+
+    if cfg.streaming:
+        return _hf_stream(cfg)
     try:
         data = (datasets.load_from_disk(cfg.path) if Path(cfg.path).exists()
                 else datasets.load_dataset(cfg.path, split=cfg.split))
@@ -103,16 +152,27 @@ def _coco(cfg: DatasetConfig) -> ImageCaptions:
     return files_source([image_dir / image["file_name"] for image in images], [first[image["id"]] for image in images])
 
 
-SOURCES: dict[str, Callable[[DatasetConfig], ImageCaptions]] = {"imagefolder": _imagefolder, "hf": _hf, "coco": _coco}
+SOURCES: dict[str, Callable[[DatasetConfig], Source]] = {"imagefolder": _imagefolder, "hf": _hf, "coco": _coco}
 
 
-def load_source(cfg: DatasetConfig) -> ImageCaptions:
+def load_source(cfg: DatasetConfig) -> Source:
     source = SOURCES[cfg.kind](cfg)
+    if isinstance(source, ImageCaptionStream):
+        return source
     if cfg.max_samples:
         source = ImageCaptions(source.captions[:cfg.max_samples], source.load_image)
     if not source.captions:
         raise ConfigError("world.dataset.path", f"the {cfg.kind} dataset at {cfg.path} has no rows; point it at data")
     return source
+
+
+def dataset_identity(cfg: DatasetConfig) -> dict:
+    """What names a dataset's rows, for the latent cache's fingerprint (local paths made absolute)."""
+    identity = {key: value for key, value in dataclasses.asdict(cfg).items()
+                if key not in ("cache_latents", "latent_cache", "streaming")}
+    if Path(cfg.path).exists():
+        identity["path"] = str(Path(cfg.path).resolve())
+    return identity
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -136,6 +196,14 @@ def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def decode_latents(vae: torch.nn.Module, latents: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    parameter = next(vae.parameters())
+    images = [vae.decode(chunk.to(parameter.device, parameter.dtype) / vae.config.scaling_factor).sample
+              for chunk in latents.split(batch_size)]
+    return torch.cat(images).float().clamp(-1, 1).cpu()
+
+
+@torch.no_grad()
 def encode_pixels(vae: torch.nn.Module, pixels: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
     """Latents on the CPU as the UNet sees them: the posterior mean (deterministic) times scaling_factor."""
     parameter = next(vae.parameters())
@@ -145,28 +213,69 @@ def encode_pixels(vae: torch.nn.Module, pixels: torch.Tensor, batch_size: int = 
 
 
 class LatentDataset:
-    """FinetuneData over an image-caption source; x0 are VAE latents at `resolution` pixels."""
+    """FinetuneData over an image-caption source; x0 are VAE latents at `resolution` pixels.
 
-    def __init__(self, source: ImageCaptions, vae: torch.nn.Module, resolution: int, cache_latents: bool,
-                 batch_size: int = 64) -> None:
+    Latents live in memory (`cache_latents`), in the on-disk cache under `latent_cache` (then `identity`,
+    JSON-serialisable, must name the dataset), or are encoded batch by batch on demand.
+    """
+
+    def __init__(self, source: Source, vae: torch.nn.Module, resolution: int, cache_latents: bool,
+                 latent_cache: str = "", identity: dict | None = None, batch_size: int = 64) -> None:
         self.source, self.vae, self.resolution, self.batch_size = source, vae, resolution, batch_size
-        self._latents = self._encode_all() if cache_latents else None
+        self._latents: torch.Tensor | None = None
+        self._disk: LatentCache | None = None
+        limit = source.limit if isinstance(source, ImageCaptionStream) else 0
+        if latent_cache:
+            self._disk = open_cache(latent_cache, {**(identity or {}), "resolution": resolution}, vae,
+                                    self._rows_from, self._encode_images, limit)
+            self._captions = self._disk.captions
+        elif cache_latents:
+            self._latents, self._captions = self._encode_all(limit)
+        else:
+            self._captions = source.captions
+        if not self._captions:
+            raise ConfigError("world.dataset.path", f"the dataset at {getattr(source, 'name', '?')} has no rows; "
+                              "point it at data")
 
     def __len__(self) -> int:
-        return len(self.source)
+        return len(self._captions)
 
     @property
     def captions(self) -> list[str]:
-        return self.source.captions
+        return self._captions
+
+    def _rows_from(self, start: int) -> Iterator[tuple[Image.Image, str]]:
+        if isinstance(self.source, ImageCaptionStream):
+            return self.source.rows_from(start)
+        return ((self.source.load_image(i), self.source.captions[i]) for i in range(start, len(self.source)))
+
+    def _encode_images(self, images: list[Image.Image]) -> torch.Tensor:
+        return torch.cat([encode_pixels(self.vae, torch.stack([to_pixels(image, self.resolution) for image in chunk]))
+                          for chunk in (images[i:i + self.batch_size] for i in range(0, len(images), self.batch_size))])
+
+    def _encode_all(self, limit: int) -> tuple[torch.Tensor, list[str]]:
+        rows = self._rows_from(0)
+        rows = islice(rows, limit) if limit else rows
+        latents, captions = [], []
+        with tqdm(desc="encoding latents", unit="row") as progress:
+            while chunk := list(islice(rows, self.batch_size)):
+                images, texts = zip(*chunk)
+                latents.append(self._encode_images(list(images)))
+                captions.extend(texts)
+                progress.update(len(chunk))
+        return (torch.cat(latents) if latents else torch.empty(0)), captions
 
     def pixels(self, indices: list[int]) -> torch.Tensor:
+        """Real images in [-1, 1]; a stream's are its cached latents decoded (VAE reconstructions)."""
+        if isinstance(self.source, ImageCaptionStream):
+            return decode_latents(self.vae, self.get_batch(indices)[0])
         return torch.stack([to_pixels(self.source.load_image(i), self.resolution) for i in indices])
 
-    def _encode_all(self) -> torch.Tensor:
-        batches = torch.arange(len(self)).split(self.batch_size)
-        return torch.cat([encode_pixels(self.vae, self.pixels(batch.tolist()))
-                          for batch in tqdm(batches, desc="encoding latents", unit="batch")])
-
     def get_batch(self, indices: list[int]) -> tuple[torch.Tensor, list[str]]:
-        x0 = self._latents[indices] if self._latents is not None else encode_pixels(self.vae, self.pixels(indices))
-        return x0, [self.source.captions[i] for i in indices]
+        if self._disk is not None:
+            x0 = self._disk.latents(indices)
+        elif self._latents is not None:
+            x0 = self._latents[indices]
+        else:
+            x0 = encode_pixels(self.vae, self.pixels(indices))
+        return x0, [self._captions[i] for i in indices]
