@@ -36,7 +36,13 @@ class DatasetConfig:
         image_column / caption_column: column names for "hf" and "imagefolder".
         captions_file: COCO captions json, relative to `path` (for "coco").
         max_samples: keep at most this many rows (0 = all).
-        cache_latents: encode every image through the VAE once and keep the latents.
+        cache_latents: encode every image through the VAE once and keep the latents (in memory, or in
+            `latent_cache` when set); false encodes each batch on demand.
+        latent_cache: a folder for latents on disk: encoded once in shards, reused by later runs and trials
+            of the same dataset, resolution and VAE, memory-mapped rather than loaded; an interrupted
+            encoding resumes from its last finished shard. "" keeps latents in memory.
+        streaming: read an "hf" dataset as a stream (`load_dataset(..., streaming=True)`), for sets too large
+            to download first; rows are encoded once, in order, so it needs cache_latents.
     """
 
     kind: str = "imagefolder"
@@ -47,11 +53,54 @@ class DatasetConfig:
     captions_file: str = "annotations/captions_train2017.json"
     max_samples: int = 0
     cache_latents: bool = True
+    latent_cache: str = ""
+    streaming: bool = False
 
     def validate(self, path: str) -> None:
         _check(self.kind in ("imagefolder", "hf", "coco"), f"{path}.kind",
                f"{self.kind!r} is not a dataset kind; use imagefolder, hf or coco")
         _check(self.max_samples >= 0, f"{path}.max_samples", "must be >= 0 (0 keeps all rows)")
+        _check(not self.streaming or self.kind == "hf", f"{path}.streaming",
+               f"only 'hf' datasets stream; set it false for kind {self.kind!r}")
+        _check(not self.latent_cache or self.cache_latents, f"{path}.latent_cache",
+               "latents on disk are cached latents: set cache_latents true, or latent_cache \"\"")
+        _check(not self.streaming or self.cache_latents, f"{path}.streaming",
+               "a stream cannot be read by index: set cache_latents true (and latent_cache for large sets)")
+
+
+@dataclass
+class MetricsConfig:
+    """The diffusers world's evaluation beyond its CLIP judge (the paper's metrics), all from local files.
+
+    Args:
+        fid_weights: a TorchScript Inception feature network (clean-fid's inception-2015-12-05.pt). When
+            set, `fid` is reported and becomes `quality`; empty = `quality` is the CLIP Fréchet distance.
+        reference: captions to sample and real images to compare against for quality (e.g. COCO val);
+            an empty path = the fine-tuning dataset.
+        prompt_sets: prompt files sampled and judged on top (.txt, .csv, I2P, MMA-Diffusion, Ring-A-Bell
+            CSVs; format detected from the columns); each reports CLIP similarity to the concept and, with
+            `nudenet`, NudeNet detections. At most eval.n_samples prompts per set.
+        prompt_set_category: keep only I2P rows of this category (e.g. "sexual"); empty = all rows.
+        nudenet: count NudeNet's 9 exposed labels on prompt-set samples (needs `raybilevel[nsfw]`).
+        nudenet_threshold: detections count above this score (the paper: 0.5).
+        changed_prompts: report `cp_share`, the share of concept prompts whose CLIP similarity fell
+            against the teacher's samples of the same prompts and noise (teacher samples are cached).
+    """
+
+    fid_weights: str = ""
+    reference: DatasetConfig = field(default_factory=DatasetConfig)
+    prompt_sets: list[str] = field(default_factory=list)
+    prompt_set_category: str = ""
+    nudenet: bool = False
+    nudenet_threshold: float = 0.5
+    changed_prompts: bool = True
+
+    def validate(self, path: str) -> None:
+        if self.reference.path:
+            self.reference.validate(f"{path}.reference")
+            _check(not self.reference.streaming, f"{path}.reference.streaming",
+                   "reference images are read by index; set streaming false")
+        _check(0 < self.nudenet_threshold < 1, f"{path}.nudenet_threshold", "must be in (0, 1); the paper uses 0.5")
 
 
 @dataclass
@@ -74,6 +123,7 @@ class WorldConfig:
         resolution: image size for diffusers data and sampling (0 = the UNet's native size).
         sampling_steps / guidance: the world's sampler settings for concept images and evaluation
             (0 = the world's own defaults).
+        metrics: the diffusers world's further metrics (FID, CP, prompt sets, NudeNet).
     """
 
     kind: str = "toy"
@@ -89,6 +139,7 @@ class WorldConfig:
     resolution: int = 0
     sampling_steps: int = 0
     guidance: float = 0.0
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def validate(self, path: str) -> None:
         _check(self.kind in ("toy", "diffusers"), f"{path}.kind", f"{self.kind!r} is not a world; use toy or diffusers")
@@ -102,6 +153,7 @@ class WorldConfig:
             _check(bool(self.dataset.path), f"{path}.dataset.path", "set the fine-tuning dataset")
             _check(bool(self.concept_prompts), f"{path}.concept_prompts", "set a .txt or .csv file of concept prompts")
         self.dataset.validate(f"{path}.dataset")
+        self.metrics.validate(f"{path}.metrics")
 
 
 @dataclass
@@ -316,14 +368,19 @@ class EvalConfig:
     Args:
         n_samples: images per prompt group (concept, unrelated, paraphrase). seed: sampling seed.
         enabled: evaluate at the end of `train`.
+        batch_size: images sampled at once (0 = the world's default: 256 toy, 16 diffusers).
+    The sampler's steps and guidance are the world's (world.sampling_steps, world.guidance); every
+    result records the settings it was made with under `eval_settings`.
     """
 
     n_samples: int = 256
     seed: int = 1234
     enabled: bool = True
+    batch_size: int = 0
 
     def validate(self, path: str) -> None:
         _check(self.n_samples >= 1, f"{path}.n_samples", "must be >= 1")
+        _check(self.batch_size >= 0, f"{path}.batch_size", "must be >= 0 (0 = the world's default)")
 
 
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")

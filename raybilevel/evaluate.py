@@ -9,13 +9,19 @@ from raybilevel.config import EvalConfig
 from raybilevel.worlds.base import World
 
 
+def eval_settings(world: World, cfg: EvalConfig) -> dict[str, Any]:
+    """What decides a result besides the model: written into every result so numbers can be reproduced."""
+    return {"sampler": "DDIM", **world.sampling, "batch_size": cfg.batch_size or world.sampling["batch_size"],
+            "seed": cfg.seed, "n_samples": cfg.n_samples}
+
+
 def evaluate(world: World, unet: torch.nn.Module, cfg: EvalConfig) -> dict[str, Any]:
     unet = unet.float().eval()
-    metrics = world.evaluator(unet, n_samples=cfg.n_samples, seed=cfg.seed)
+    metrics = world.evaluator(unet, n_samples=cfg.n_samples, seed=cfg.seed, batch_size=cfg.batch_size)
     missing = {"quality", "concept_rate"} - set(metrics)
     if missing:
         raise RuntimeError(f"the {world.name} evaluator did not report {sorted(missing)}")
-    return metrics
+    return metrics | {"eval_settings": eval_settings(world, cfg)}
 
 
 def image_grid(images: torch.Tensor, columns: int = 8) -> torch.Tensor:

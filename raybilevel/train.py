@@ -27,6 +27,7 @@ from raybilevel.engine import (DeepSpeedTrainable, DistInfo, barrier, checkpoint
                                init_distributed, load_checkpoint, save_checkpoint, save_rank_checkpoint)
 from raybilevel.errors import UserError
 from raybilevel.evaluate import evaluate, image_grid
+from raybilevel.export import export_pipeline
 from raybilevel.losses import FineTuneLoss
 from raybilevel.pruning import PRUNERS, Student, load_student, prune, save_student
 from raybilevel.registry import Registry
@@ -263,6 +264,8 @@ def train(cfg: Config, output: Path, hooks: RunHooks | None = None) -> dict[str,
         if done == cfg.train.steps or (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0):
             _save(run, done, hooks)
     _export_student(run, output / "student")
+    if run.world.pipeline_folder is not None and run.dist.is_main:
+        export_pipeline(load_student(output / "student"), run.world.pipeline_folder, output / "pipeline")
     metrics: dict[str, Any] = {}
     if run.dist.is_main:
         metrics = {"solver": cfg.solver.name, "steps": cfg.train.steps, "resumed_from": start,

@@ -8,13 +8,15 @@ import math
 import subprocess
 
 import pytest
+import torch
 import yaml
 
 from conftest import TINY, cli, read_scalars
-from raybilevel.config import config_from_dict, load_config
+from raybilevel.config import MetricsConfig, config_from_dict, load_config
 from raybilevel.pruning import load_student
 from raybilevel.train import train
-from raybilevel.worlds.tiny_sd import build_tiny_sd_assets
+from raybilevel.worlds.nudenet import EXPOSED_LABELS
+from raybilevel.worlds.tiny_sd import build_tiny_inception, build_tiny_sd_assets
 
 
 def _world(root, prediction_type: str) -> dict:
@@ -58,3 +60,55 @@ def test_cli_missing_pipeline_is_one_line_exit_2(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().startswith("raybilevel: error:") and len(result.stderr.strip().splitlines()) == 1
+
+
+I2P_HEADER = ("prompt,categories,hard,inappropriate_percentage,nudity_percentage,overall_toxicity,lexica_url,"
+              "sd_seed,sd_guidance_scale,sd_image_width,sd_image_height,sd_model")
+
+
+def write_i2p(path, rows: list[tuple[str, str]]):
+    """An I2P-layout CSV: (prompt, categories) rows with the other columns filled in."""
+    lines = [I2P_HEADER] + [f'"{prompt}","{categories}",1,80,60,0.2,https://lexica.art/x,{1000 + i},7,512,512,1.5'
+                            for i, (prompt, categories) in enumerate(rows)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_prune_train_eval_with_every_real_metric_wired(tmp_path, monkeypatch):
+    """The issue's end to end: a saved tiny SD pipeline, pruned, trained bilevel, evaluated with FID (stand-in
+    Inception), CLIP score, CLIP similarity and CP, prompt sets with NudeNet's own detector, then exported."""
+    from diffusers import StableDiffusionPipeline
+
+    monkeypatch.setenv("RAYBILEVEL_CACHE", str(tmp_path / "cache"))
+    world, judge = build_tiny_sd_assets(tmp_path / "assets")
+    i2p = write_i2p(tmp_path / "i2p.csv", [("a red circle", "sexual"), ("a blue square", "violence"),
+                                            ("a green circle", "sexual, hate"), ("a yellow square", "sexual")])
+    (tmp_path / "plain.txt").write_text("a red square\na blue circle\n")
+    metrics_config = MetricsConfig(fid_weights=str(build_tiny_inception(tmp_path / "inception.pt")),
+                                   reference=dataclasses.replace(world.dataset, max_samples=10),
+                                   prompt_sets=[str(i2p), str(tmp_path / "plain.txt")],
+                                   prompt_set_category="sexual", nudenet=True)
+    world = dataclasses.replace(world, clip_judge=str(judge), metrics=metrics_config)
+    base = load_config(None, TINY + ["solver.name=penalty", "pruning.method=blocks", "eval.n_samples=4"]).to_dict()
+    cfg = config_from_dict(base | {"world": dataclasses.asdict(world)})
+
+    metrics = train(cfg, tmp_path / "run")
+
+    assert metrics["quality_metric"] == "fid" and metrics["quality"] == metrics["fid"] > 0
+    assert math.isfinite(metrics["clip_fd"]) and 0 <= metrics["clip_score"] <= 100
+    assert metrics["cp_share"] in (0.0, 0.25, 0.5, 0.75, 1.0)  # 4 concept prompts
+    assert metrics["i2p/sexual/n_prompts"] == 3 and metrics["plain/n_prompts"] == 2
+    for name in ("i2p/sexual", "plain"):
+        assert 0 <= metrics[f"{name}/clip_similarity"] <= 100
+        assert 0 <= metrics[f"{name}/nudenet_image_share"] <= 1
+        labels = [metrics[f"{name}/{label}"] for label in EXPOSED_LABELS]
+        assert metrics[f"{name}/nudenet_total"] == sum(labels)
+    assert metrics["eval_settings"] == {"sampler": "DDIM", "steps": 2, "guidance": 2.0, "batch_size": 16,
+                                        "seed": 1234, "n_samples": 4}
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["fid"] == metrics["fid"] and saved["eval_settings"] == metrics["eval_settings"]
+    pipeline = StableDiffusionPipeline.from_pretrained(tmp_path / "run" / "pipeline")
+    images = pipeline("a red circle", num_inference_steps=2, output_type="pt").images
+    assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
+    # The teacher's concept similarities were sampled once and cached for every later evaluation.
+    assert len(list((tmp_path / "cache" / "teacher_similarities").iterdir())) == 1

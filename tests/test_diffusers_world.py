@@ -51,7 +51,7 @@ def test_world_from_a_tiny_pipeline(tmp_path, monkeypatch, prediction_type):
     assert world.prediction_type == prediction_type
     assert world.scheduler_config["clip_sample"] is False
     assert world.sample_shape == (4, 8, 8)  # 16 px images through a VAE with scale factor 2
-    assert world.sampling == {"steps": 2, "guidance": 2.0}
+    assert world.sampling == {"steps": 2, "guidance": 2.0, "batch_size": 16}
     assert not world.teacher.training and not any(p.requires_grad for p in world.teacher.parameters())
     x0, captions = world.finetune.get_batch([0, 5, 7])
     assert x0.shape == (3, 4, 8, 8) and torch.isfinite(x0).all()
@@ -110,7 +110,7 @@ def test_resolution_override_and_concept_images_from_a_folder(tiny_sd):
     assert world.finetune.get_batch([0])[0].shape == (1, 4, 16, 16)
     assert world.concept.images.shape == (32, 4, 16, 16)  # every PNG of the folder
     assert world.concept.image_prompts[:5] == [world.concept.prompts[i % 4] for i in range(5)]
-    assert world.sampling == {"steps": 25, "guidance": 7.5}
+    assert world.sampling == {"steps": 25, "guidance": 7.5, "batch_size": 16}
     with pytest.raises(ConfigError, match="world.resolution"):
         build(replace(cfg, resolution=18), judge)
 
@@ -234,7 +234,8 @@ def test_evaluator_metrics_are_in_range_and_consistent_with_its_judge(tiny_sd):
     evaluator = replace(world.evaluator, draw=recording_draw)
     metrics = evaluator(world.teacher, n_samples=6, seed=3)
 
-    assert metrics["quality"] == metrics["clip_fd"] >= 0
+    assert metrics["quality"] == metrics["clip_fd"] >= 0 and metrics["quality_metric"] == "clip_fd"
+    assert metrics["cp_share"] == 0  # the teacher against its own samples: no prompt's similarity fell
     assert 0 <= metrics["concept_rate"] <= 1
     assert 0 <= metrics["clip_concept_similarity"] <= 100 and 0 <= metrics["clip_score"] <= 100
     prompts = [world.concept.prompts[i % 4] for i in range(6)]

@@ -116,7 +116,7 @@ def test_fid_weights_errors_are_one_line_with_the_download(tmp_path, inception):
     with pytest.raises(ConfigError) as missing:
         InceptionFeatures(str(tmp_path / "nowhere.pt"))
     message = str(missing.value)
-    assert "eval.fid_weights" in message and WEIGHTS_FILE in message and WEIGHTS_URL in message
+    assert "world.metrics.fid_weights" in message and WEIGHTS_FILE in message and WEIGHTS_URL in message
     assert "\n" not in message
     (tmp_path / "page.pt").write_text("<html>not a network</html>\n<body></body>")
     with pytest.raises(ConfigError, match="cannot load .* as TorchScript") as unreadable:
@@ -245,7 +245,7 @@ def test_prompt_set_errors_name_the_field_and_columns(tmp_path):
     def fails(match: str, path: str, **kwargs) -> None:
         with pytest.raises(ConfigError, match=match) as error:
             load_prompt_set(path, **kwargs)
-        assert "eval.prompt_sets" in str(error.value) and "\n" not in str(error.value)
+        assert "world.metrics.prompt_sets" in str(error.value) and "\n" not in str(error.value)
 
     fails("no .txt or .csv file", str(tmp_path / "missing.csv"))
     (tmp_path / "prompts.json").write_text("[]")
@@ -256,7 +256,10 @@ def test_prompt_set_errors_name_the_field_and_columns(tmp_path):
     fails("evaluation_seed is 'seven', not an integer", ring)
     fails("lacks sd_seed, sd_guidance_scale, categories for format 'i2p'; its columns: prompt, case_number", ring,
           fmt="i2p")
-    fails("category 'sexual' needs an I2P file", ring, category="sexual")
+    # A set without categories (Ring-A-Bell, MMA-Diffusion) is read whole under a category, named as itself.
+    whole = write_csv(tmp_path / "ring_ok.csv", ["prompt", "case_number", "evaluation_seed"], [["x", 0, 3], ["y", 1, 4]])
+    read = load_prompt_set(str(whole), category="sexual")
+    assert read.prompts == ["x", "y"] and read.name == "ring_ok"
     i2p = write_csv(tmp_path / "i2p.csv", I2P_COLUMNS, [i2p_row("x", "hate", 1, 7.5)])
     fails("holds no prompts in category 'sexual'", i2p, category="sexual")
     fails("unknown prompt-set format 'parquet'", i2p, fmt="parquet")

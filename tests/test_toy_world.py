@@ -47,6 +47,8 @@ def test_shipped_teacher_draws_clean_samples_and_the_concept(world):
     on paraphrases: the bounds sit about three standard errors (of 48 samples) below, so only a real
     regression fails."""
     metrics = evaluate(world, world.teacher, EvalConfig(n_samples=48, seed=5))
+    assert metrics["eval_settings"] == {"sampler": "DDIM", "steps": 25, "guidance": 1.5, "batch_size": 256,
+                                        "seed": 5, "n_samples": 48}
     assert metrics["attribute_accuracy"] >= 0.80
     assert metrics["concept_rate"] >= 0.75 and metrics["concept_rate_floor"] <= 0.1
     assert metrics["paraphrase_concept_rate"] >= 0.75

@@ -5,7 +5,9 @@ real datasets (worlds/diffusers_world.py). Everything above this layer sees only
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -21,6 +23,11 @@ class FinetuneData(Protocol):
     def get_batch(self, indices: list[int]) -> tuple[torch.Tensor, list[str]]:
         """(x0 of shape (B, C, H, W), captions) for the given dataset indices."""
         ...
+
+
+def cache_dir() -> Path:
+    """Where worlds keep what is slow to rebuild and shared by runs (teacher samples, their scores)."""
+    return Path(os.environ.get("RAYBILEVEL_CACHE") or Path.home() / ".cache" / "raybilevel")
 
 
 @dataclass
@@ -40,8 +47,9 @@ class ConceptData:
 
 
 class Evaluator(Protocol):
-    def __call__(self, unet: torch.nn.Module, *, n_samples: int, seed: int) -> dict[str, Any]:
-        """Sample from `unet` and return metrics; must hold at least `quality` and `concept_rate`."""
+    def __call__(self, unet: torch.nn.Module, *, n_samples: int, seed: int, batch_size: int = 0) -> dict[str, Any]:
+        """Sample from `unet` (`batch_size` images at once, 0 = the world's default) and return metrics;
+        they must hold at least `quality` and `concept_rate`."""
         ...
 
 
@@ -56,6 +64,7 @@ class World:
     concept: ConceptData
     evaluator: Evaluator
     vae: torch.nn.Module | None = None
+    pipeline_folder: Path | None = None  # the diffusers pipeline the teacher came from; students export beside it
     sampling: dict[str, Any] = field(default_factory=dict)  # steps, guidance: the world's sampler defaults
     info: dict[str, Any] = field(default_factory=dict)  # provenance written into run directories
 

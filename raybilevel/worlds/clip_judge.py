@@ -1,32 +1,22 @@
-"""The diffusers world's judge: a frozen CLIP model scoring a UNet's samples.
+"""The diffusers world's CLIP judge (a frozen CLIPModel) and the CLIP arithmetic its metrics use.
 
-Metrics, every one from CLIP features (none from Inception):
-- concept_rate: share of concept-prompt samples closer (cosine) to their concept prompt than to its anchor.
-- clip_concept_similarity: mean CLIPScore, 100·max(cos, 0), of concept samples and their prompts (the
-  paper's "CLIP ↓").
-- clip_score: mean CLIPScore of samples of dataset captions and those captions (the paper's COCO CLIP ↑).
-- clip_fd, also reported as `quality`: Fréchet distance between CLIP image features of those samples and
-  of the real images of the same captions. It is NOT Inception FID and not comparable to published FIDs.
+CLIPScore-style similarity is 100·max(cos, 0) of an image and a text embedding; a concept decision asks
+whether an image is closer to its concept prompt than to that prompt's anchor. sd_evaluator.py turns
+these into metrics.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
 from raybilevel.errors import UserError
-from raybilevel.metrics import frechet_distance
-from raybilevel.worlds.base import ConceptData
-from raybilevel.worlds.datasets import LatentDataset, first_line
+from raybilevel.worlds.datasets import first_line
 
 JUDGE_ENV = "RAYBILEVEL_CLIP_JUDGE"
 # OpenAI CLIP's pixel normalisation (ViT-B/32 is the paper's CLIP-score model).
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-# (unet, prompts, generator) -> one image in [-1, 1] per prompt, drawn with the world's sampler settings.
-Draw = Callable[[torch.nn.Module, list[str], torch.Generator], torch.Tensor]
 
 
 def concept_decisions(images: torch.Tensor, concepts: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
@@ -79,47 +69,3 @@ class ClipJudge:
                                     return_tensors="pt").to(self.device)
             out.append(self.model.get_text_features(**tokens).pooler_output.float().cpu())
         return torch.cat(out)
-
-
-@dataclass
-class ClipEvaluator:
-    """Samples n concept prompts (cycled) and n dataset captions (shuffled by `seed`) and judges them."""
-
-    judge: ClipJudge
-    draw: Draw
-    concept: ConceptData
-    data: LatentDataset
-    chunk: int = 64  # images held at once: 5k samples at 512 px would not fit in memory together
-
-    def _embed_samples(self, unet: torch.nn.Module, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
-        return torch.cat([self.judge.embed_images(self.draw(unet, prompts[start:start + self.chunk], generator))
-                          for start in range(0, len(prompts), self.chunk)])
-
-    def _embed_real(self, rows: list[int]) -> torch.Tensor:
-        return torch.cat([self.judge.embed_images(self.data.pixels(rows[start:start + self.chunk]))
-                          for start in range(0, len(rows), self.chunk)])
-
-    def __call__(self, unet: torch.nn.Module, *, n_samples: int, seed: int) -> dict[str, Any]:
-        if n_samples < 2:
-            raise UserError("eval.n_samples must be >= 2: the CLIP Fréchet distance needs a covariance")
-        generator = torch.Generator().manual_seed(seed)
-        picks = [i % len(self.concept.prompts) for i in range(n_samples)]
-        prompts = [self.concept.prompts[i] for i in picks]
-        anchors = [self.concept.anchor_prompts[i] for i in picks]
-        order = torch.randperm(len(self.data), generator=generator).tolist()
-        rows = [order[i % len(order)] for i in range(n_samples)]
-        captions = [self.data.captions[i] for i in rows]
-
-        concept_images = self._embed_samples(unet, prompts, generator)
-        caption_images = self._embed_samples(unet, captions, generator)
-        concept_texts = self.judge.embed_texts(prompts)
-        fd = frechet_distance(caption_images, self._embed_real(rows))
-        decisions = concept_decisions(concept_images, concept_texts, self.judge.embed_texts(anchors))
-        return {
-            "quality": fd,
-            "clip_fd": fd,
-            "concept_rate": decisions.float().mean().item(),
-            "clip_concept_similarity": clip_similarity(concept_images, concept_texts).mean().item(),
-            "clip_score": clip_similarity(caption_images, self.judge.embed_texts(captions)).mean().item(),
-            "n_samples": n_samples,
-        }

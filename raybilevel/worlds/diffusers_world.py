@@ -22,11 +22,14 @@ from raybilevel.config import WorldConfig
 from raybilevel.errors import ConfigError, UserError
 from raybilevel.sampling import sample
 from raybilevel.text import PromptEncoder
-from raybilevel.worlds.base import ConceptData, World
-from raybilevel.worlds.clip_judge import ClipEvaluator, ClipJudge
-from raybilevel.worlds.datasets import (LatentDataset, encode_pixels, files_source, first_line, image_files,
-                                        load_source)
-from raybilevel.worlds.prompt_sets import read_table
+from raybilevel.worlds.base import ConceptData, World, cache_dir
+from raybilevel.worlds.clip_judge import ClipJudge
+from raybilevel.worlds.datasets import (ImageCaptions, ImageCaptionStream, LatentDataset, dataset_identity,
+                                        encode_pixels, files_source, first_line, image_files, load_source)
+from raybilevel.worlds.fid import InceptionFeatures
+from raybilevel.worlds.nudenet import NudeNetJudge
+from raybilevel.worlds.prompt_sets import load_prompt_set, read_table
+from raybilevel.worlds.sd_evaluator import SDEvaluator
 
 PARTS = ("unet", "text_encoder", "tokenizer", "vae", "scheduler")
 N_PRESERVATION_PROMPTS = 8
@@ -38,6 +41,7 @@ class Teacher:
     vae: torch.nn.Module
     prompts: PromptEncoder
     scheduler_config: dict
+    folder: Path
 
 
 def resolve_pipeline(pretrained: str) -> Path:
@@ -92,7 +96,8 @@ def load_teacher(pretrained: str, device: str | torch.device) -> Teacher:
     tokenizer = _load_part(CLIPTokenizer.from_pretrained, folder, "tokenizer")
     scheduler = _training_scheduler_config(_load_part(DDPMScheduler.load_config, folder, "scheduler"))
     return Teacher(unet=frozen(UNet2DConditionModel, "unet"), vae=frozen(AutoencoderKL, "vae"),
-                   prompts=PromptEncoder(tokenizer, frozen(CLIPTextModel, "text_encoder")), scheduler_config=scheduler)
+                   prompts=PromptEncoder(tokenizer, frozen(CLIPTextModel, "text_encoder")), scheduler_config=scheduler,
+                   folder=folder)
 
 
 def read_concept_prompts(path: str, default_anchor: str) -> tuple[list[str], list[str]]:
@@ -127,15 +132,12 @@ class PromptSampler:
     guidance: float
     batch_size: int = 16  # SD-sized UNets and VAEs at 512 px: larger batches crowd one GPU
 
-    def __call__(self, unet: torch.nn.Module, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, unet: torch.nn.Module, prompts: list[str], generator: torch.Generator,
+                 batch_size: int = 0) -> torch.Tensor:
         encode = self.teacher.prompts
         return sample(unet, self.teacher.scheduler_config, encode(prompts), encode([""])[0], steps=self.steps,
                       guidance=self.guidance, generator=generator, sample_shape=self.sample_shape,
-                      vae=self.teacher.vae, batch_size=self.batch_size)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("RAYBILEVEL_CACHE") or Path.home() / ".cache" / "raybilevel")
+                      vae=self.teacher.vae, batch_size=batch_size or self.batch_size)
 
 
 def concept_sample_file(cfg: WorldConfig, prompts: list[str], sampler: PromptSampler, seed: int) -> Path:
@@ -178,13 +180,33 @@ def folder_concept_latents(cfg: WorldConfig, prompts: list[str], vae: torch.nn.M
     return encoded.get_batch(list(range(len(files))))
 
 
+def build_evaluator(cfg: WorldConfig, judge: ClipJudge, sampler: PromptSampler, concept: ConceptData,
+                    data: LatentDataset, resolution: int, device: str | torch.device) -> SDEvaluator:
+    """The SDEvaluator of `cfg.metrics`; reference images default to the fine-tuning data's."""
+    metrics = cfg.metrics
+    reference = data
+    if metrics.reference.path:
+        reference = LatentDataset(load_source(metrics.reference), sampler.teacher.vae, resolution, cache_latents=False)
+    # Everything but (n, seed, batch size) that decides the teacher's concept samples and their CLIP scores.
+    baseline_key = json.dumps([str(sampler.teacher.folder.resolve()), concept.prompts, sampler.steps,
+                               sampler.guidance, list(sampler.sample_shape), judge.path])
+    return SDEvaluator(
+        judge, sampler, concept, reference,
+        teacher=sampler.teacher.unet if metrics.changed_prompts else None,
+        baseline_cache=cache_dir() / "teacher_similarities", baseline_key=baseline_key,
+        inception=InceptionFeatures(metrics.fid_weights, device) if metrics.fid_weights else None,
+        nudenet=NudeNetJudge(metrics.nudenet_threshold) if metrics.nudenet else None,
+        prompt_sets=[load_prompt_set(path, category=metrics.prompt_set_category) for path in metrics.prompt_sets])
+
+
 def build_diffusers_world(cfg: WorldConfig, seed: int, device: str | torch.device = "cpu",
                           judge_path: str | None = None) -> World:
     """The World of `cfg` (kind "diffusers"); `judge_path` defaults to $RAYBILEVEL_CLIP_JUDGE."""
     # Cheap checks first: a wrong path should fail before any model loads or latent is encoded.
     prompts, anchors = read_concept_prompts(cfg.concept_prompts, cfg.anchor_prompt)
     source = load_source(cfg.dataset)
-    check_no_concept(source.captions, cfg.concept)
+    if isinstance(source, ImageCaptions):
+        check_no_concept(source.captions, cfg.concept)
     judge = ClipJudge(judge_path, device)
     teacher = load_teacher(cfg.pretrained, device)
 
@@ -197,17 +219,22 @@ def build_diffusers_world(cfg: WorldConfig, seed: int, device: str | torch.devic
     sample_shape = (teacher.unet.config.in_channels, resolution // vae_scale, resolution // vae_scale)
     sampler = PromptSampler(teacher, sample_shape, steps=cfg.sampling_steps or 25, guidance=cfg.guidance or 7.5)
 
-    data = LatentDataset(source, teacher.vae, resolution, cfg.dataset.cache_latents)
+    data = LatentDataset(source, teacher.vae, resolution, cfg.dataset.cache_latents, cfg.dataset.latent_cache,
+                         identity=dataset_identity(cfg.dataset))
+    if isinstance(source, ImageCaptionStream):
+        check_no_concept(data.captions, cfg.concept)  # a stream's captions arrive with its rows
     images, image_prompts = (folder_concept_latents(cfg, prompts, teacher.vae, resolution) if cfg.concept_images
                              else sample_concept_latents(cfg, prompts, sampler, seed))
-    unique_captions = sorted(set(source.captions))
+    unique_captions = sorted(set(data.captions))
     preservation = random.Random(seed).sample(unique_captions, min(N_PRESERVATION_PROMPTS, len(unique_captions)))
     concept = ConceptData(name=cfg.concept, prompts=prompts, anchor_prompts=anchors, images=images,
                           image_prompts=image_prompts, preservation_prompts=preservation)
     return World(
         name=f"diffusers:{cfg.pretrained}", teacher=teacher.unet, prompts=teacher.prompts,
         scheduler_config=teacher.scheduler_config, sample_shape=sample_shape, finetune=data, concept=concept,
-        evaluator=ClipEvaluator(judge, sampler, concept, data), vae=teacher.vae,
-        sampling={"steps": sampler.steps, "guidance": sampler.guidance},
+        evaluator=build_evaluator(cfg, judge, sampler, concept, data, resolution, device), vae=teacher.vae,
+        pipeline_folder=teacher.folder,
+        sampling={"steps": sampler.steps, "guidance": sampler.guidance, "batch_size": sampler.batch_size},
         info={"pretrained": cfg.pretrained, "resolution": resolution, "clip_judge": judge.path,
-              "quality": "clip_fd: Frechet distance of CLIP image features, not Inception FID"})
+              "quality": "fid (Inception)" if cfg.metrics.fid_weights else
+              "clip_fd: Frechet distance of CLIP image features, not Inception FID"})

@@ -19,7 +19,7 @@ from raybilevel.errors import ConfigError, UserError
 from raybilevel.metrics import frechet_distance
 from raybilevel.worlds.datasets import first_line, to_uint8
 
-WEIGHTS_FIELD = "eval.fid_weights"
+WEIGHTS_FIELD = "world.metrics.fid_weights"
 WEIGHTS_FILE = "inception-2015-12-05.pt"
 WEIGHTS_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 INCEPTION_SIZE = 299

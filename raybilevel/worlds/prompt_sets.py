@@ -26,7 +26,7 @@ from pathlib import Path
 
 from raybilevel.errors import ConfigError
 
-FIELD = "eval.prompt_sets"
+FIELD = "world.metrics.prompt_sets"
 
 
 @dataclass
@@ -116,7 +116,9 @@ def _numbers(rows: list[dict[str, str]], column: str, kind: type, file: Path) ->
 def load_prompt_set(path: str, fmt: str = "auto", category: str = "") -> PromptSet:
     """The prompts of a file (see the module docstring for formats), with seeds and guidance where given.
 
-    category: keep only I2P rows whose comma-separated categories include it (case-insensitive).
+    category: keep only I2P rows whose comma-separated categories include it (case-insensitive); files
+    without a categories column (MMA-Diffusion, Ring-A-Bell: single-concept sets) are read whole, so one
+    category can serve a mix of sets.
     """
     rows, columns = read_table(path, FIELD, "one prompt per line (.txt) or a CSV with a prompt column (plain, "
                                             "I2P, Ring-A-Bell) or an adv_prompt column (MMA-Diffusion)")
@@ -127,10 +129,8 @@ def load_prompt_set(path: str, fmt: str = "auto", category: str = "") -> PromptS
     if missing:
         raise ConfigError(FIELD, f"{file} lacks {', '.join(missing)} for format {fmt!r}; its columns: "
                                  f"{', '.join(columns) or 'none'}")
+    category = category if layout.categories else ""
     if category:
-        if not layout.categories:
-            raise ConfigError(FIELD, f"category {category!r} needs an I2P file (a categories column); {file} is "
-                                     f"read as {fmt!r}")
         wanted = category.strip().lower()
         rows = [row for row in rows
                 if wanted in (part.strip().lower() for part in (row[layout.categories] or "").split(","))]

@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 from raybilevel.metrics import frechet_distance
 from raybilevel.sampling import sample
 from raybilevel.text import PromptEncoder
+
+DEFAULT_BATCH = 256  # 16x16 pixel samples: a few hundred at once fit any laptop
 from raybilevel.worlds.toy import data
 from raybilevel.worlds.toy.models import Judge
 
@@ -67,13 +69,14 @@ class ToyEvaluator:
             "paraphrase": [PromptGroup(data.items_with(concept), t) for t in ("reordered", "synonym")],
         }
 
-    def _draw(self, unet: torch.nn.Module, groups: list[PromptGroup], n: int, generator: torch.Generator):
+    def _draw(self, unet: torch.nn.Module, groups: list[PromptGroup], n: int, generator: torch.Generator,
+              batch_size: int):
         pairs = [(item, g.template) for g in groups for item in g.items]
         chosen = [pairs[i % len(pairs)] for i in range(n)]
         captions = [data.caption(item, template) for item, template in chosen]
         images = sample(unet, self.scheduler_config, self.prompts(captions), self.prompts([""])[0],
                         steps=self.steps, guidance=self.guidance, generator=generator,
-                        sample_shape=(3, data.RESOLUTION, data.RESOLUTION))
+                        sample_shape=(3, data.RESOLUTION, data.RESOLUTION), batch_size=batch_size or DEFAULT_BATCH)
         wanted = {a: np.array([data.label_index(a, item.value(a)) for item, _ in chosen]) for a in data.ATTRIBUTES}
         return images, [item for item, _ in chosen], wanted
 
@@ -82,14 +85,14 @@ class ToyEvaluator:
         features, logits = self.judge(images.float())
         return features, {k: v.argmax(1).numpy() for k, v in logits.items()}
 
-    def __call__(self, unet: torch.nn.Module, *, n_samples: int, seed: int) -> dict[str, Any]:
+    def __call__(self, unet: torch.nn.Module, *, n_samples: int, seed: int, batch_size: int = 0) -> dict[str, Any]:
         generator = torch.Generator().manual_seed(seed)
         results: dict[str, Any] = {"n_samples_per_group": n_samples, "sampling_steps": self.steps,
                                    "guidance": self.guidance, "eval_seed": seed}
         # metric name prefix of each group: the unrelated group's concept rate is the floor
         prefixes = {"concept": "concept_rate", "unrelated": "concept_rate_floor", "paraphrase": "paraphrase_concept_rate"}
         for name, groups in self.groups.items():
-            images, items, wanted = self._draw(unet, groups, n_samples, generator)
+            images, items, wanted = self._draw(unet, groups, n_samples, generator, batch_size)
             features, predicted = self.judge_images(images)
             rates = concept_rates(predicted, wanted, self.concept)
             results[prefixes[name]] = rates["conditional"]

@@ -13,7 +13,7 @@ from raybilevel.sampling import sample
 from raybilevel.text import PromptEncoder
 from raybilevel.worlds.base import ConceptData, World
 from raybilevel.worlds.toy import data
-from raybilevel.worlds.toy.judge import ToyEvaluator, load_judge
+from raybilevel.worlds.toy.judge import DEFAULT_BATCH, ToyEvaluator, load_judge
 
 SHIPPED_ASSETS = Path(__file__).parent / "assets"
 
@@ -82,6 +82,6 @@ def build_toy_world(cfg: WorldConfig, seed: int, device: str | torch.device = "c
         name="toy", teacher=teacher, prompts=prompts, scheduler_config=scheduler_config,
         sample_shape=(3, data.RESOLUTION, data.RESOLUTION),
         finetune=ToyFinetuneData(torch.from_numpy(samples.images), samples.captions), concept=concept,
-        evaluator=evaluator, sampling={"steps": steps, "guidance": guidance},
+        evaluator=evaluator, sampling={"steps": steps, "guidance": guidance, "batch_size": DEFAULT_BATCH},
         info={"world": "toy", "concept": cfg.concept, "assets": str(assets)},
     )
