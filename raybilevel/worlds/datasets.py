@@ -94,48 +94,37 @@ def _is_saved_dataset(path: str) -> bool:
     return any((Path(path) / name).is_file() for name in ("dataset_dict.json", "state.json"))
 
 
-def _hf_stream(cfg: DatasetConfig) -> ImageCaptionStream:
+def _open_hf(cfg: DatasetConfig):
+    """The split of a save_to_disk folder or a `load_dataset` name / data-file folder, streamed if asked."""
     import datasets
 
+    # Without streaming any existing path is read as a save_to_disk folder (the offline, exact case).
+    saved = _is_saved_dataset(cfg.path) or (not cfg.streaming and Path(cfg.path).exists())
     try:
-        data = (datasets.load_from_disk(cfg.path) if _is_saved_dataset(cfg.path)
-                else datasets.load_dataset(cfg.path, split=cfg.split, streaming=True))
+        data = (datasets.load_from_disk(cfg.path) if saved
+                else datasets.load_dataset(cfg.path, split=cfg.split, streaming=cfg.streaming))
     except (OSError, ValueError) as error:
-        raise ConfigError("world.dataset.path", f"cannot stream dataset {cfg.path!r} ({first_line(error)}); "
-                          "give a datasets name or a folder of data files") from None
+        raise ConfigError("world.dataset.path", f"cannot load dataset {cfg.path!r} ({first_line(error)}); give a "
+                          "save_to_disk folder, a reachable datasets name or (streaming) a folder of data files") from None
     if isinstance(data, datasets.DatasetDict):
         if cfg.split not in data:
             raise ConfigError("world.dataset.split", f"no split {cfg.split!r} in {cfg.path}; splits: {', '.join(data)}")
         data = data[cfg.split]
-    if isinstance(data, datasets.Dataset):
+    if cfg.streaming and isinstance(data, datasets.Dataset):
         data = data.to_iterable_dataset()
     if data.column_names is not None:  # some streams only learn their columns from their first row
         _require_columns(data.column_names,
                          {cfg.image_column: "image_column", cfg.caption_column: "caption_column"}, cfg.path)
-
-    def rows_from(start: int) -> Iterator[tuple[Image.Image, str]]:
-        return ((row[cfg.image_column], str(row[cfg.caption_column])) for row in data.skip(start))
-
-    return ImageCaptionStream(cfg.path, rows_from, cfg.max_samples)
+    return data
 
 
 def _hf(cfg: DatasetConfig) -> Source:
-    import datasets
-
+    data = _open_hf(cfg)
     if cfg.streaming:
-        return _hf_stream(cfg)
-    try:
-        data = (datasets.load_from_disk(cfg.path) if Path(cfg.path).exists()
-                else datasets.load_dataset(cfg.path, split=cfg.split))
-    except (OSError, ValueError) as error:
-        raise ConfigError("world.dataset.path", f"cannot load dataset {cfg.path!r} ({first_line(error)}); "
-                          "give a save_to_disk folder or a reachable datasets name") from None
-    if isinstance(data, datasets.DatasetDict):
-        if cfg.split not in data:
-            raise ConfigError("world.dataset.split", f"no split {cfg.split!r} in {cfg.path}; splits: {', '.join(data)}")
-        data = data[cfg.split]
-    _require_columns(data.column_names, {cfg.image_column: "image_column", cfg.caption_column: "caption_column"},
-                     cfg.path)
+        def rows_from(start: int) -> Iterator[tuple[Image.Image, str]]:
+            return ((row[cfg.image_column], str(row[cfg.caption_column])) for row in data.skip(start))
+
+        return ImageCaptionStream(cfg.path, rows_from, cfg.max_samples)
     return ImageCaptions([str(c) for c in data[cfg.caption_column]], lambda i: data[i][cfg.image_column])
 
 
