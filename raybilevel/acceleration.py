@@ -22,11 +22,12 @@ def teacher_dtype(cfg: EngineConfig) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.teacher_dtype]
 
 
-def _input_hook(dtype: torch.dtype | None, channels_last: bool):
-    """A forward pre-hook that casts the image and text inputs to `dtype` (None: as they come) and puts the
-    image in channels-last. The timestep is left alone: in bf16, 999 would become 1000."""
+def _input_hook(cast: bool, channels_last: bool):
+    """A forward pre-hook that casts the image and text inputs to the module's weight dtype (when `cast`;
+    read at each call, so a teacher moved back to fp32 for an fp32 baseline still works) and puts the image
+    in channels-last. The timestep is left alone: in bf16, 999 would become 1000."""
 
-    def convert(value: Any, is_image: bool) -> Any:
+    def convert(value: Any, is_image: bool, dtype: torch.dtype | None) -> Any:
         if not torch.is_tensor(value) or not value.is_floating_point():
             return value
         value = value if dtype is None else value.to(dtype)
@@ -34,13 +35,14 @@ def _input_hook(dtype: torch.dtype | None, channels_last: bool):
             value = value.contiguous(memory_format=torch.channels_last)
         return value
 
-    def hook(_module, args: tuple, kwargs: dict):
+    def hook(module: torch.nn.Module, args: tuple, kwargs: dict):
+        dtype = next(module.parameters()).dtype if cast else None
         args = list(args)
         for (index, name), is_image in ((_SAMPLE, True), (_TEXT, False)):
             if len(args) > index:
-                args[index] = convert(args[index], is_image)
+                args[index] = convert(args[index], is_image, dtype)
             elif name in kwargs:
-                kwargs[name] = convert(kwargs[name], is_image)
+                kwargs[name] = convert(kwargs[name], is_image, dtype)
         return tuple(args), kwargs
 
     return hook
@@ -55,7 +57,7 @@ def prepare_teacher(teacher: torch.nn.Module, cfg: EngineConfig) -> None:
     if cfg.channels_last:
         teacher.to(memory_format=torch.channels_last)
     if dtype != torch.float32 or cfg.channels_last:
-        teacher.register_forward_pre_hook(_input_hook(dtype, cfg.channels_last), with_kwargs=True)
+        teacher.register_forward_pre_hook(_input_hook(dtype != torch.float32, cfg.channels_last), with_kwargs=True)
 
 
 def prepare_student(model: torch.nn.Module, cfg: EngineConfig) -> None:
@@ -65,7 +67,7 @@ def prepare_student(model: torch.nn.Module, cfg: EngineConfig) -> None:
     if cfg.channels_last:
         # The input only: DeepSpeed broadcasts parameters as contiguous byte views (a channels-last weight
         # fails there) and ZeRO flattens them; convolutions given a channels-last input run channels-last.
-        model.register_forward_pre_hook(_input_hook(None, channels_last=True), with_kwargs=True)
+        model.register_forward_pre_hook(_input_hook(cast=False, channels_last=True), with_kwargs=True)
     if cfg.compile:
         # Module.compile, not torch.compile(model): no wrapper, so no "_orig_mod." in parameter names.
         model.compile(backend=cfg.compile_backend)

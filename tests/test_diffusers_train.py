@@ -89,7 +89,9 @@ def test_prune_train_eval_with_every_real_metric_wired(tmp_path, monkeypatch):
                                    prompt_sets=[str(i2p), str(tmp_path / "plain.txt")],
                                    prompt_set_category="sexual", nudenet=True)
     world = dataclasses.replace(world, clip_judge=str(judge), metrics=metrics_config)
-    base = load_config(None, TINY + ["solver.name=penalty", "pruning.method=blocks", "eval.n_samples=4"]).to_dict()
+    # bf16 autocast puts the teacher in bf16 (teacher_dtype auto): CP's baseline must still be the fp32 teacher's.
+    base = load_config(None, TINY + ["solver.name=penalty", "pruning.method=blocks", "eval.n_samples=4",
+                                     "engine.precision=bf16_autocast"]).to_dict()
     cfg = config_from_dict(base | {"world": dataclasses.asdict(world)})
 
     metrics = train(cfg, tmp_path / "run")
