@@ -63,7 +63,9 @@ def deepspeed_config(cfg: EngineConfig, micro_batch: int) -> dict[str, Any]:
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": cfg.grad_accum,
         "gradient_clipping": cfg.grad_clip,
-        "zero_optimization": {"stage": cfg.zero_stage, **_offload(cfg)},
+        # memory_efficient_linear would make ZeRO-3 replace torch.nn.functional.linear for the whole process
+        # and never restore it (a later torch.jit.save, e.g. of an FID network, then fails).
+        "zero_optimization": {"stage": cfg.zero_stage, "memory_efficient_linear": False, **_offload(cfg)},
         "bf16": {"enabled": cfg.precision == "bf16"},
         "torch_autocast": {"enabled": cfg.precision == "bf16_autocast", "dtype": "bfloat16"},
         "zero_allow_untested_optimizer": True,  # BilevelAdamW is a plain torch optimizer
