@@ -106,7 +106,7 @@ def test_cluster_launcher_yaml_fits_ray_s_schema():
     cluster = yaml.safe_load((JOBS / "cluster.yaml").read_text())
     jsonschema.validate(cluster, schema)
     assert cluster["head_node_type"] in cluster["available_node_types"]
-    assert any("-e ~/raybilevel" in command for command in cluster["setup_commands"])
+    assert any('-e "$HOME/raybilevel[nsfw]"' in command for command in cluster["setup_commands"])
 
 
 def test_rayjob_manifest_runs_the_entrypoint_on_this_ray_version():
