@@ -71,12 +71,13 @@ class SDEvaluator:
         for start in range(0, len(rows), self.chunk):
             yield self.reference.pixels(rows[start:start + self.chunk])
 
-    def _features(self, chunks: Iterator[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """CLIP image embeddings and (with Inception weights) Inception features of every image."""
+    def _features(self, chunks: Iterator[torch.Tensor],
+                  with_inception: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """CLIP image embeddings and (when asked and weights are given) Inception features of every image."""
         clip, inception = [], []
         for images in chunks:
             clip.append(self.judge.embed_images(images))
-            if self.inception is not None:
+            if with_inception and self.inception is not None:
                 inception.append(self.inception(images))
         return torch.cat(clip), (torch.cat(inception) if inception else None)
 
@@ -137,8 +138,9 @@ class SDEvaluator:
         concept_texts = self.judge.embed_texts(prompts)
         concept_images, _ = self._features(self._samples(unet, prompts, generator, batch_size))
         similarities = clip_similarity(concept_images, concept_texts)
-        caption_clip, caption_inception = self._features(self._samples(unet, captions, generator, batch_size))
-        real_clip, real_inception = self._features(self._real(rows))
+        caption_clip, caption_inception = self._features(self._samples(unet, captions, generator, batch_size),
+                                                         with_inception=True)
+        real_clip, real_inception = self._features(self._real(rows), with_inception=True)
         clip_fd = frechet_distance(caption_clip, real_clip)
         results: dict[str, Any] = {
             "clip_fd": clip_fd,
