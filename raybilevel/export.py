@@ -41,9 +41,11 @@ def plain_unet(student: Student) -> UNet2DConditionModel | None:
     """The student as a plain UNet2DConditionModel of its config, or None when the config cannot hold it.
 
     Weights are read as the student's modules present them, so parametrized ones (magnitude's masks) come
-    out with the mask applied.
+    out with the mask applied. Built on the meta device and given the student's tensors: no second copy of an
+    SD-sized UNet is allocated.
     """
-    plain = build_unet(student.description["config"])
+    with torch.device("meta"):
+        plain = build_unet(student.description["config"])
     tensors = {}
     for name, tensor in plain.state_dict().items():
         module_name, _, attribute = name.rpartition(".")
@@ -54,7 +56,7 @@ def plain_unet(student: Student) -> UNet2DConditionModel | None:
         if not isinstance(value, torch.Tensor) or value.shape != tensor.shape:
             return None
         tensors[name] = value.detach()
-    plain.load_state_dict(tensors, strict=True)
+    plain.load_state_dict(tensors, strict=True, assign=True)
     return plain
 
 
