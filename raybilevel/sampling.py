@@ -6,6 +6,15 @@ from tqdm import tqdm
 
 
 @torch.no_grad()
+def decode_latents(vae: torch.nn.Module, latents: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """VAE latents (as the UNet sees them, times scaling_factor) to images in [-1, 1] on the CPU."""
+    parameter = next(vae.parameters())
+    images = [vae.decode(chunk.to(parameter.device, parameter.dtype) / vae.config.scaling_factor).sample
+              for chunk in latents.split(batch_size)]
+    return torch.cat(images).float().clamp(-1, 1).cpu()
+
+
+@torch.no_grad()
 def sample(unet, scheduler_config: dict, prompt_embeds: torch.Tensor, empty_embed: torch.Tensor, *,
            steps: int, guidance: float, generator: torch.Generator, sample_shape: tuple[int, int, int],
            vae=None, batch_size: int = 256) -> torch.Tensor:
@@ -35,7 +44,7 @@ def sample(unet, scheduler_config: dict, prompt_embeds: torch.Tensor, empty_embe
             guided = eps_uncond + guidance * (eps_cond - eps_uncond)
             x = scheduler.step(guided, t, x).prev_sample
         if vae is not None:
-            x = vae.decode(x / vae.config.scaling_factor).sample
+            x = decode_latents(vae, x, batch_size=len(x))
         out.append(x.float().clamp(-1, 1).cpu())
     unet.train(was_training)
     return torch.cat(out)

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from raybilevel.config import DatasetConfig
 from raybilevel.errors import ConfigError
+from raybilevel.sampling import decode_latents
 from raybilevel.worlds.latent_cache import LatentCache, open_cache
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -182,14 +183,6 @@ def to_pixels(image: Image.Image, resolution: int) -> torch.Tensor:
 def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
     """Images in [-1, 1] as the 8-bit values a saved PNG holds: round((x + 1) * 127.5), clamped; on the CPU."""
     return ((pixels.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-
-
-@torch.no_grad()
-def decode_latents(vae: torch.nn.Module, latents: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-    parameter = next(vae.parameters())
-    images = [vae.decode(chunk.to(parameter.device, parameter.dtype) / vae.config.scaling_factor).sample
-              for chunk in latents.split(batch_size)]
-    return torch.cat(images).float().clamp(-1, 1).cpu()
 
 
 @torch.no_grad()
