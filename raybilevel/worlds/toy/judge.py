@@ -17,10 +17,10 @@ from safetensors.torch import load_file
 from raybilevel.metrics import frechet_distance
 from raybilevel.sampling import sample
 from raybilevel.text import PromptEncoder
-
-DEFAULT_BATCH = 256  # 16x16 pixel samples: a few hundred at once fit any laptop
 from raybilevel.worlds.toy import data
 from raybilevel.worlds.toy.models import Judge
+
+DEFAULT_BATCH = 256  # 16x16 pixel samples: a few hundred at once fit any laptop
 
 
 def load_judge(path: Path) -> Judge:
