@@ -1,12 +1,16 @@
-"""The GPU throughput benchmark's tiny mode: the same code path on a CPU, two cells of two timed steps."""
+"""Benchmarks' own code: the GPU throughput tiny mode (the same path on a CPU) and the teacher sampler choice."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from raybilevel.worlds.toy import data
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,3 +33,43 @@ def test_gpu_throughput_tiny_writes_a_row_per_cell_with_positive_numbers(tmp_pat
         assert row["attention"] == ["AttnProcessor2_0"]
     table = (tmp_path / "gpu_throughput_tiny.md").read_text()
     assert table.count("| ok |") == 2
+
+
+def _load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_teacher_sampler_metrics_match_a_direct_count():
+    sampler = _load_benchmark("teacher_sampler")
+    items = [data.Item("circle", "red", "striped"), data.Item("square", "red", "striped"),
+             data.Item("circle", "blue", "plain"), data.Item("square", "blue", "outline")]
+    wanted = {a: np.array([data.label_index(a, item.value(a)) for item in items]) for a in data.ATTRIBUTES}
+    predicted = {a: v.copy() for a, v in wanted.items()}
+    predicted["style"][1] = data.label_index("style", "plain")  # concept prompt: stripes missing
+    predicted["colour"][2] = data.label_index("colour", "green")  # other prompt: wrong colour
+    predicted["style"][3] = data.label_index("style", "striped")  # other prompt: stripes leak in
+    metrics = sampler.teacher_metrics(predicted, wanted, items, "striped")
+    # other prompts: neither sample has every attribute right; the one with its colour and shape right is striped
+    assert metrics == {"attribute_accuracy": 0.0, "concept_rate": 0.5, "concept_rate_floor": 1.0}
+    assert sampler.worst_margin({"striped": metrics}) == pytest.approx(-0.95)
+
+
+def test_teacher_sampler_refuses_the_eval_seed_and_records_its_choice(tmp_path):
+    command = [sys.executable, "benchmarks/teacher_sampler.py", "--guidance", "1.0", "1.25", "--steps", "2",
+               "--per-item", "1", "--threads", "1", "--results", str(tmp_path)]
+    refused = subprocess.run(command + ["--seed", "1234"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--seed: 1234 is the evaluation seed" in refused.stderr
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "teacher_sampler.json").read_text())
+    assert [(c["guidance"], c["steps"]) for c in report["cells"]] == [(1.0, 2), (1.25, 2)]
+    best = max(report["cells"], key=lambda c: c["worst_margin"])
+    assert report["chosen"] == {"guidance": best["guidance"], "steps": best["steps"]}
+    for cell in report["cells"]:
+        assert set(cell["metrics"]) == {"striped", "cross"}
+        for values in cell["metrics"].values():
+            assert all(0 <= v <= 1 for v in values.values())
+    assert (tmp_path / "teacher_sampler.md").read_text().count("\n| 1.") == 2
