@@ -21,6 +21,8 @@ SHIPPED_ASSETS = Path(__file__).parent / "assets"
 def assets_dir() -> Path:
     """The shipped teacher and judge, or a rebuilt set named by RAYBILEVEL_TOY_ASSETS."""
     return Path(os.environ.get("RAYBILEVEL_TOY_ASSETS", SHIPPED_ASSETS))
+
+
 DEFAULT_STEPS, DEFAULT_GUIDANCE = 25, 1.25  # chosen on a selection seed: benchmarks/teacher_sampler.py
 
 
