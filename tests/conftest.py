@@ -33,6 +33,16 @@ def assert_same_curve(resumed: list[dict], uninterrupted: list[dict], rel: float
             assert a[key] == pytest.approx(value, rel=rel, abs=0), (a["step"], key)
 
 
+def committed_step(snapshot: Path) -> int:
+    """The step of Ray's latest committed checkpoint in a run's checkpoint_manager_snapshot.json (0 before
+    the first). A step_N folder appears as soon as one rank uploads; Ray commits it only once every rank
+    has reported it, so a kill must wait for this."""
+    try:
+        return json.loads(snapshot.read_text())["latest_checkpoint_result"]["metrics"]["step"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+        return 0
+
+
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "raybilevel", *args]
 

@@ -14,7 +14,7 @@ import ray
 from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
-from conftest import TINY, read_scalars
+from conftest import TINY, committed_step, read_scalars
 from raybilevel.config import load_config
 from raybilevel.distributed import fit
 from raybilevel.train import RunHooks, train
@@ -87,15 +87,7 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(two_nodes, tmp_pa
                                     "train.steps=80", "train.checkpoint_every=4", "train.keep_checkpoints=1",
                                     "eval.enabled=false"])
 
-    def committed() -> int:
-        """The step of Ray's latest committed checkpoint (0 before the first). A step_N folder appears as
-        soon as one rank uploads; Ray commits it only once every rank has reported it."""
-        try:
-            snapshot = json.loads((storage / "killed" / "checkpoint_manager_snapshot.json").read_text())
-            return snapshot["latest_checkpoint_result"]["metrics"]["step"]
-        except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
-            return 0
-
+    snapshot = storage / "killed" / "checkpoint_manager_snapshot.json"
     outcome: dict = {}
 
     def run_fit() -> None:
@@ -108,12 +100,12 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(two_nodes, tmp_pa
     runner = threading.Thread(target=run_fit, daemon=True)
     runner.start()
     deadline = time.time() + 600
-    while not committed() or _last_logged_step(run) < 10:
+    while not committed_step(snapshot) or _last_logged_step(run) < 10:
         assert runner.is_alive(), f"the run ended before the worker could be killed: {outcome}"
         assert time.time() < deadline, f"no checkpoint and step 10 after 600 s (last step {_last_logged_step(run)})"
         time.sleep(0.1)
     victim = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True)[0]
-    checkpoint_before_kill = committed()
+    checkpoint_before_kill = committed_step(snapshot)
     os.kill(victim.pid, signal.SIGKILL)
     runner.join(timeout=900)
     assert "result" in outcome, outcome

@@ -7,13 +7,12 @@ import random
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import optuna
 import pytest
 import yaml
 
-from conftest import cli
+from conftest import cli, committed_step
 from raybilevel.cli import main
 from raybilevel.config import load_config
 from raybilevel.errors import UserError
@@ -150,13 +149,6 @@ TINY_SPACE = {
 }
 
 
-def _committed_step(snapshot: Path) -> int:
-    try:
-        return json.loads(snapshot.read_text())["latest_checkpoint_result"]["metrics"]["step"]
-    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
-        return 0
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
 def test_an_interrupted_sweep_resumes_and_its_front_is_optunas(tmp_path, stop):
@@ -172,7 +164,7 @@ def test_an_interrupted_sweep_resumes_and_its_front_is_optunas(tmp_path, stop):
             deadline = time.time() + 900  # generous: a loaded machine slows Ray's (niced) workers a lot
             # Ray's committed checkpoint, not a step folder: one appears as soon as one rank uploads, and a
             # SIGKILL before Ray commits it leaves nothing to resume from.
-            while not any(_committed_step(snapshot) >= 2
+            while not any(committed_step(snapshot) >= 2
                           for snapshot in out.glob("ray/tiny-train/*/checkpoint_manager_snapshot.json")):
                 assert first.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()[-3000:]
                 time.sleep(0.5)
