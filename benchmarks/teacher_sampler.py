@@ -27,7 +27,7 @@ import torch
 
 from raybilevel.sampling import sample
 from raybilevel.worlds.toy import data
-from raybilevel.worlds.toy.judge import concept_rates, load_judge
+from raybilevel.worlds.toy.judge import all_attributes_right, concept_rates, load_judge, read_attributes
 from raybilevel.worlds.toy.world import assets_dir, load_teacher_stack
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -39,7 +39,7 @@ def teacher_metrics(predicted: dict[str, np.ndarray], wanted: dict[str, np.ndarr
                     concept: str) -> dict[str, float]:
     attribute = data.attribute_of(concept)
     has_concept = np.array([item.value(attribute) == concept for item in items])
-    all_right = np.all([predicted[a] == wanted[a] for a in data.ATTRIBUTES], axis=0)
+    all_right = all_attributes_right(predicted, wanted)
 
     def subset(mask: np.ndarray) -> tuple[dict, dict]:
         return {a: v[mask] for a, v in predicted.items()}, {a: v[mask] for a, v in wanted.items()}
@@ -79,9 +79,7 @@ def main() -> None:
         began = time.time()
         images = sample(teacher, scheduler_config, embeds, empty, steps=steps, guidance=guidance,
                         generator=torch.Generator().manual_seed(opts.seed), sample_shape=(3, data.RESOLUTION, data.RESOLUTION))
-        with torch.no_grad():
-            _, logits = judge(images)
-        predicted = {k: v.argmax(1).numpy() for k, v in logits.items()}
+        _, predicted = read_attributes(judge, images)
         metrics = {c: teacher_metrics(predicted, wanted, items, c) for c in CONCEPTS}
         cells.append({"guidance": guidance, "steps": steps, "metrics": metrics, "worst_margin": worst_margin(metrics),
                       "seconds": time.time() - began})

@@ -29,6 +29,17 @@ def load_judge(path: Path) -> Judge:
     return judge.eval().requires_grad_(False)
 
 
+@torch.no_grad()
+def read_attributes(judge: Judge, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+    """The judge's features and its label per attribute for every image."""
+    features, logits = judge(images.float())
+    return features, {k: v.argmax(1).numpy() for k, v in logits.items()}
+
+
+def all_attributes_right(predicted: dict[str, np.ndarray], wanted: dict[str, np.ndarray]) -> np.ndarray:
+    return np.all([predicted[a] == wanted[a] for a in data.ATTRIBUTES], axis=0)
+
+
 def concept_rates(predicted: dict[str, np.ndarray], wanted: dict[str, np.ndarray], concept: str) -> dict[str, float]:
     """Rates over one group of samples. `predicted`/`wanted` map attribute -> label per sample.
 
@@ -80,11 +91,6 @@ class ToyEvaluator:
         wanted = {a: np.array([data.label_index(a, item.value(a)) for item, _ in chosen]) for a in data.ATTRIBUTES}
         return images, [item for item, _ in chosen], wanted
 
-    @torch.no_grad()
-    def judge_images(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
-        features, logits = self.judge(images.float())
-        return features, {k: v.argmax(1).numpy() for k, v in logits.items()}
-
     def __call__(self, unet: torch.nn.Module, *, n_samples: int, seed: int, batch_size: int = 0) -> dict[str, Any]:
         generator = torch.Generator().manual_seed(seed)
         results: dict[str, Any] = {"n_samples_per_group": n_samples, "sampling_steps": self.steps,
@@ -93,15 +99,14 @@ class ToyEvaluator:
         prefixes = {"concept": "concept_rate", "unrelated": "concept_rate_floor", "paraphrase": "paraphrase_concept_rate"}
         for name, groups in self.groups.items():
             images, items, wanted = self._draw(unet, groups, n_samples, generator, batch_size)
-            features, predicted = self.judge_images(images)
+            features, predicted = read_attributes(self.judge, images)
             rates = concept_rates(predicted, wanted, self.concept)
             results[prefixes[name]] = rates["conditional"]
             results[f"{prefixes[name]}_raw"] = rates["raw"]
             results[f"{prefixes[name]}_n"] = rates["n_conditional"]
             if name == "unrelated":
-                all_right = np.all([predicted[a] == wanted[a] for a in data.ATTRIBUTES], axis=0)
-                results["attribute_accuracy"] = float(all_right.mean())
-                real_features, _ = self.judge_images(torch.from_numpy(_render_items(items, seed + 1)))
+                results["attribute_accuracy"] = float(all_attributes_right(predicted, wanted).mean())
+                real_features, _ = read_attributes(self.judge, torch.from_numpy(_render_items(items, seed + 1)))
                 results["quality"] = frechet_distance(features, real_features)
         return results
 
