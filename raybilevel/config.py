@@ -239,14 +239,19 @@ class SolverConfig:
     """Which parameters step on which loss, when.
 
     Args:
-        name: penalty, alternating, adaptive, distill_only, two_stage, joint.
-        K: lower steps per upper step (alternating), inner steps per outer step (penalty, adaptive).
+        name: bome, adaptive, penalty, alternating, distill_only, two_stage, joint.
+        K: lower steps per upper step (alternating), inner steps per outer step (penalty), iterations
+            between value-gap measurements (adaptive).
         lam: penalty weight lambda (penalty; the start value for adaptive).
         mu: weight of L_cu in the joint baseline's sum.
         erase_fraction: share of the step budget two_stage spends erasing (after distilling).
-        gap_tolerance / lam_rate / lam_max: adaptive solver: lambda grows while the relative value gap
-            exceeds gap_tolerance, by exp(lam_rate * excess) per outer step, up to lam_max.
+        gap_tolerance / lam_rate / lam_max: adaptive: lambda grows while the relative value gap exceeds
+            gap_tolerance, by exp(lam_rate * excess) per measurement, up to lam_max (also bome's cap).
+        gap_ema: weight of the past in the value gap's moving average (adaptive); 0 = the last value.
+        keep: bome: the share of the lower loss's first-order decrease every combined step must keep.
+        lam_min: bome: the smallest lambda; the erasure step is upper.lr / lambda (1 = a full upper step).
         warmup_steps: linear learning-rate warm-up of every optimizer.
+        lr_schedule: constant, or cosine (decay to 0 at the last step, after the warm-up).
     """
 
     name: str = "alternating"
@@ -257,7 +262,11 @@ class SolverConfig:
     gap_tolerance: float = 0.05
     lam_rate: float = 0.5
     lam_max: float = 1e4
+    gap_ema: float = 0.9
+    keep: float = 0.5
+    lam_min: float = 1.0
     warmup_steps: int = 0
+    lr_schedule: str = "constant"
 
     def validate(self, path: str) -> None:
         _check(self.K >= 1, f"{path}.K", f"K={self.K} is invalid; use an integer >= 1")
@@ -267,6 +276,10 @@ class SolverConfig:
         _check(self.gap_tolerance >= 0 and self.lam_rate >= 0, f"{path}.gap_tolerance", "gap_tolerance and lam_rate must be >= 0")
         _check(self.lam_max >= self.lam, f"{path}.lam_max", "must be >= lam")
         _check(self.warmup_steps >= 0, f"{path}.warmup_steps", "must be >= 0")
+        _check(self.lr_schedule in ("constant", "cosine"), f"{path}.lr_schedule", f"{self.lr_schedule!r}: use constant or cosine")
+        _check(0 <= self.gap_ema < 1, f"{path}.gap_ema", "must be in [0, 1)")
+        _check(0 <= self.keep < 1, f"{path}.keep", "must be in [0, 1): the share of the lower level's decrease kept")
+        _check(0 < self.lam_min <= self.lam_max, f"{path}.lam_min", "must be > 0 and <= lam_max")
 
 
 PRECISIONS = ("fp32", "bf16", "bf16_autocast")
@@ -334,6 +347,10 @@ class TrainConfig:
 
     Args:
         steps: solver iterations. log_every: scalar logging period. checkpoint_every: 0 = only at the end.
+        compute_budget: when > 0, the budget in multiply-accumulates (e.g. 5e12) instead of steps: the run
+            takes as many iterations of its solver as fit (teacher forwards, student forwards and
+            backwards at two forwards each, counted per sample by solvers/compute.py); steps is ignored.
+        eval_at_start: also evaluate the student before its first step (the step-0 point of the curves).
         sample_every: sample-grid period for TensorBoard (0 = off). keep_checkpoints: how many to keep.
         eval_every: evaluate the student with `eval`'s settings every this many steps during training
             (0 = off); each result lands in evals.jsonl, TensorBoard (eval/*) and the caller's hooks.
@@ -343,6 +360,8 @@ class TrainConfig:
     """
 
     steps: int = 800
+    compute_budget: float = 0.0
+    eval_at_start: bool = False
     log_every: int = 10
     checkpoint_every: int = 200
     sample_every: int = 0
@@ -353,6 +372,7 @@ class TrainConfig:
 
     def validate(self, path: str) -> None:
         _check(self.steps >= 1, f"{path}.steps", "must be >= 1")
+        _check(self.compute_budget >= 0, f"{path}.compute_budget", "must be >= 0 MACs (0 = use train.steps)")
         _check(self.on_nonfinite in ("stop", "skip"), f"{path}.on_nonfinite", f"{self.on_nonfinite!r}: use stop or skip")
         _check(self.max_skipped_steps >= 0, f"{path}.max_skipped_steps", "must be >= 0")
         _check(self.log_every >= 1, f"{path}.log_every", "must be >= 1")

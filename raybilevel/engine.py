@@ -141,6 +141,12 @@ class DeepSpeedTrainable:
         self.engine, *_ = deepspeed.initialize(model=module, optimizer=self.optimizer, config=ds_config,
                                                dist_init_required=False)
         self.engine.checkpoint_engine = _weights_only_checkpoint_engine(self.engine._config)
+        import torch.distributed as dist
+
+        # ZeRO (and DeepSpeed's bf16 optimizer) hand this optimizer one rank's partition: sums over parameters
+        # (the barrier level's inner products) need every rank's share. Unwrapped, each rank holds them all.
+        if self.engine.optimizer is not self.optimizer and dist.get_world_size() > 1:
+            self.optimizer.all_reduce = dist.all_reduce
         self.module = self.engine.module
         self.dtype = torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float32
         self.after_step = after_step

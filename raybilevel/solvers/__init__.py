@@ -1,5 +1,5 @@
-"""Solvers by name: penalty, alternating, adaptive, distill_only, two_stage, joint (one file each)."""
-from raybilevel.solvers import adaptive, alternating, baselines, penalty  # noqa: F401  (registers)
+"""Solvers by name: bome, adaptive, penalty, alternating, distill_only, two_stage, joint (one file each)."""
+from raybilevel.solvers import adaptive, alternating, baselines, bome, penalty  # noqa: F401  (registers)
 from raybilevel.solvers.base import Budget, Levels, MakeTrainable, Solver, Trainable
 from raybilevel.solvers.registry import SOLVERS
 

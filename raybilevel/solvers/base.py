@@ -10,17 +10,21 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Protocol
 
+import math
+
 import torch
 
 from raybilevel.config import SolverConfig
 from raybilevel.errors import NonFiniteLossError
 from raybilevel.losses import FineTuneLoss, LowerBatch
 from raybilevel.solvers.data import EpochSampler
+from raybilevel.solvers.optim import BilevelAdamW
 from raybilevel.unlearning import UnlearningLoss
 
 
 class Trainable(Protocol):
     module: torch.nn.Module
+    optimizer: BilevelAdamW  # its level-specific settings (barrier: upper_lr, keep, ...) are set by solvers
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor: ...
 
@@ -35,12 +39,19 @@ MakeTrainable = Callable[[str, torch.nn.Module, list[dict[str, Any]]], Trainable
 
 @dataclass
 class Budget:
-    """Passes spent, to compare solvers at equal compute. fb = one student forward + backward."""
+    """Passes spent, to compare solvers at equal compute. fb = one student forward + backward.
+
+    The batch counters read at a glance; the sample counters are what solvers/compute.py turns into MACs
+    (a teacher forward per sample, a student forward, a student backward at about two forwards)."""
 
     lower_fb: int = 0
     upper_fb: int = 0
     student_forward: int = 0  # forwards without backward (value-gap evaluation)
     teacher_forward: int = 0  # in units of one batch; ESD's two-prompt pass counts 2
+    teacher_samples: int = 0
+    student_fb_samples: int = 0
+    student_forward_samples: int = 0
+    theta_updates: int = 0  # optimizer steps that moved the student (theta)
 
 
 @dataclass
@@ -51,6 +62,7 @@ class Levels:
     upper_loss: UnlearningLoss
     lower_sampler: EpochSampler
     upper_sampler: EpochSampler
+    gap_sampler: EpochSampler  # fresh lower batches for value gaps (never stepped on)
     get_lower_data: Callable[[list[int]], tuple[torch.Tensor, list[str]]]
     lower_lr: float
     upper_lr: float
@@ -91,8 +103,14 @@ class Solver(ABC):
     def iteration(self, step: int) -> dict[str, float]: ...
 
     def lr(self, base: float, step: int) -> float:
-        warm = self.cfg.warmup_steps
-        return base * min(1.0, (step + 1) / warm) if warm else base
+        """Linear warm-up over solver.warmup_steps, then constant or (lr_schedule cosine) a cosine decay
+        to 0 at the last step of the budget."""
+        warm, total = self.cfg.warmup_steps, self.levels.total_steps
+        if warm and step < warm:
+            return base * (step + 1) / warm
+        if self.cfg.lr_schedule == "cosine" and total > warm:
+            return base * 0.5 * (1 + math.cos(math.pi * (step - warm) / (total - warm)))
+        return base
 
     # ---- shared step machinery
     def lower_batch(self, step: int, micro: int) -> LowerBatch:
@@ -103,14 +121,28 @@ class Solver(ABC):
         sampler = self.levels.lower_sampler
         x0, captions = self.levels.get_lower_data(sampler.indices(step, micro))
         batch = self.levels.lower_loss.make_batch(x0, captions, sampler.generator(step, micro))
-        self.budget.teacher_forward += int(batch.teacher_out is not None)
+        if batch.teacher_out is not None:
+            self.budget.teacher_forward += 1
+            self.budget.teacher_samples += sampler.batch_size
         self._last_lower = ((step, micro), batch)
+        return batch
+
+    def fresh_lower_batch(self, step: int) -> LowerBatch:
+        """A lower batch no optimizer has stepped on: from the "gap" stream, for unbiased value gaps."""
+        sampler = self.levels.gap_sampler
+        x0, captions = self.levels.get_lower_data(sampler.indices(step, 0))
+        batch = self.levels.lower_loss.make_batch(x0, captions, sampler.generator(step, 0))
+        if batch.teacher_out is not None:
+            self.budget.teacher_forward += 1
+            self.budget.teacher_samples += sampler.batch_size
         return batch
 
     def upper_batch(self, step: int, micro: int):
         sampler = self.levels.upper_sampler
         batch = self.levels.upper_loss.make_batch(sampler.indices(step, micro), sampler.generator(step, micro))
-        self.budget.teacher_forward += 2 + int(batch.keep_cond is not None)
+        passes = self.levels.upper_loss.teacher_passes + int(batch.keep_cond is not None)
+        self.budget.teacher_forward += passes
+        self.budget.teacher_samples += passes * sampler.batch_size
         return batch
 
     def lower_value(self, who: Trainable, batch: LowerBatch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -134,22 +166,39 @@ class Solver(ABC):
                 loss = loss + lower_weight * lower
                 terms["lower"] = float(lower.detach())
                 self.budget.lower_fb += 1
+                self.budget.student_fb_samples += self.levels.lower_sampler.batch_size
                 _accumulate(logged, terms, self.levels.grad_accum)
             if upper_weight:
-                upper, terms = self.levels.upper_loss(who.forward, self.upper_batch(step, micro))
+                batch = self.upper_batch(step, micro)
+                upper, terms = self.levels.upper_loss(who.forward, batch)
                 loss = loss + upper_weight * upper
                 terms["upper"] = float(upper.detach())
                 self.budget.upper_fb += 1
+                passes = 1 + int(batch.keep_cond is not None)  # the preservation term is a second forward
+                self.budget.student_fb_samples += passes * self.levels.upper_sampler.batch_size
                 _accumulate(logged, terms, self.levels.grad_accum)
             if not skip and not torch.isfinite(loss):
                 self._non_finite(step, level, logged)
                 skip = True
             who.backward(loss)
             who.step("skip" if skip else level, lr)
+        if who is self.student and level not in ("stash", "skip") and not skip:
+            self.budget.theta_updates += 1
         logged[f"lr_{level}"] = lr
         if skip:
             logged["skipped"] = 1.0
         return logged
+
+    def combined_step(self, who: Trainable, step: int, level: str, lower_weight: float, upper_weight: float,
+                      lr: float) -> dict[str, float]:
+        """One update of `who` from both levels' gradients, kept apart: the lower loss's gradient is
+        stashed first, then `level` (joint or barrier, see solvers/optim.py) combines it with the upper
+        loss's, which counts only where the unlearning method may move parameters. A non-finite first half
+        skips the second too."""
+        logged = self.take_step(who, step, "stash", lower_weight, 0.0, lr)
+        logged.pop("lr_stash")
+        second = self.take_step(who, step, "skip" if "skipped" in logged else level, 0.0, upper_weight, lr)
+        return logged | second
 
     def _non_finite(self, step: int, level: str, logged: dict[str, float]) -> None:
         terms = ", ".join(f"{k}={v:.4g}" for k, v in logged.items())

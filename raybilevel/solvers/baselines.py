@@ -22,10 +22,11 @@ class DistillOnly(_SingleModel):
 
 @SOLVERS.register("joint", reads=["solver.mu"])
 class Joint(_SingleModel):
-    """One weighted sum L_ft + mu L_cu on every parameter, one optimizer."""
+    """One weighted sum L_ft + mu L_cu, one optimizer state; the erasure gradient counts only where the
+    unlearning method may move parameters (ESD-x: cross-attention)."""
 
     def iteration(self, step: int) -> dict[str, float]:
-        return self.take_step(self.student, step, "lower", 1.0, self.cfg.mu, self.lr(self.levels.lower_lr, step))
+        return self.combined_step(self.student, step, "joint", 1.0, self.cfg.mu, self.lr(self.levels.lower_lr, step))
 
 
 @SOLVERS.register("two_stage", reads=["solver.erase_fraction"])

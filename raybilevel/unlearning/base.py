@@ -26,6 +26,8 @@ class UpperBatch:
 
 
 class UnlearningLoss(ABC):
+    teacher_passes = 1  # teacher forwards per sample to build a batch's target (compute accounting)
+
     def __init__(self, teacher: torch.nn.Module, cfg: UpperConfig, scheduler_config: dict,
                  concept: ConceptData, encode: Callable[[list[str]], torch.Tensor]) -> None:
         if concept.images is None or len(concept.images) == 0:

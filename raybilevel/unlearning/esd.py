@@ -17,6 +17,8 @@ def is_cross_attention(name: str) -> bool:
 
 
 class _ESD(UnlearningLoss):
+    teacher_passes = 2  # the concept and the anchor prompt
+
     def target(self, x_t: torch.Tensor, t: torch.Tensor, concept_cond: torch.Tensor,
                anchor_cond: torch.Tensor) -> torch.Tensor:
         both = self.teacher(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([concept_cond, anchor_cond])).sample
