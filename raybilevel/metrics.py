@@ -41,3 +41,67 @@ def changed_prompt_share(student: torch.Tensor, teacher: torch.Tensor, prompt_id
         return torch.zeros(len(sizes), dtype=torch.float64).index_add_(0, groups, values.double()) / sizes
 
     return float((prompt_means(student) < prompt_means(teacher)).double().mean())
+
+
+def polynomial_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """KID's kernel k(x, y) = (x.y / d + 1)^3 (Binkowski et al. 2018), in float64."""
+    return (a.double() @ b.double().T / a.shape[1] + 1) ** 3
+
+
+class KernelReference:
+    """A large reference feature set, its kernel statistics computed once and reused by every model scored
+    against it: E k(y, y') over the reference is the expensive part of KID."""
+
+    def __init__(self, features: torch.Tensor, standardize: bool = True) -> None:
+        """standardize: map every feature set through the reference's per-dimension mean and standard
+        deviation first (one fixed affine map, so still an MMD), which keeps the cubic kernel from being
+        ruled by a few large unnormalised features."""
+        if len(features) < 2:
+            raise ValueError("a KID reference needs at least two feature rows")
+        features = features.double()
+        self.shift = features.mean(0) if standardize else torch.zeros(features.shape[1], dtype=torch.float64)
+        spread = features.std(0) if standardize else torch.ones(features.shape[1], dtype=torch.float64)
+        self.scale = torch.where(spread > 1e-8, spread, torch.ones_like(spread))  # constant features stay put
+        self.features = self.map(features)
+        n = len(self.features)
+        gram = polynomial_kernel(self.features, self.features)
+        self.mean_kyy = float((gram.sum() - gram.diagonal().sum()) / (n * (n - 1)))
+
+    def map(self, features: torch.Tensor) -> torch.Tensor:
+        return (features.double() - self.shift) / self.scale
+
+    def parts(self, samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(k(x_i, x_j) over the samples, mean_j k(x_i, y_j) per sample): KID from any subset of rows."""
+        samples = self.map(samples)
+        return polynomial_kernel(samples, samples), polynomial_kernel(samples, self.features).mean(1)
+
+    def kid(self, samples: torch.Tensor) -> float:
+        kxx, kxy = self.parts(samples)
+        return kid_from_parts(kxx, kxy, self.mean_kyy)
+
+
+def kid_from_parts(kxx: torch.Tensor, kxy: torch.Tensor, mean_kyy: float, rows: torch.Tensor | None = None) -> float:
+    """The unbiased MMD^2 estimate with the polynomial kernel (KID): mean over pairs i != j of k(x_i, x_j)
+    + E k(y, y') - 2 mean k(x_i, y); `rows` picks (with repeats, for the bootstrap) which samples count."""
+    if rows is not None:
+        kxx, kxy = kxx[rows][:, rows], kxy[rows]
+    m = kxx.shape[0]
+    if m < 2:
+        raise ValueError("KID needs at least two samples")
+    within = (kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
+    return float(within + mean_kyy - 2 * kxy.mean())
+
+
+def bootstrap_interval(statistic, n: int, *, reps: int = 1000, seed: int = 0, level: float = 0.95) -> list[float]:
+    """Percentile bootstrap interval of statistic(rows) over n samples resampled with replacement.
+    `statistic` takes a LongTensor of row indices; non-finite replicates are dropped."""
+    if n < 2:
+        return [float("nan"), float("nan")]
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.tensor([statistic(torch.randint(0, n, (n,), generator=generator)) for _ in range(reps)],
+                          dtype=torch.float64)
+    values = values[torch.isfinite(values)]
+    if not len(values):
+        return [float("nan"), float("nan")]
+    tail = (1 - level) / 2
+    return [float(torch.quantile(values, tail)), float(torch.quantile(values, 1 - tail))]

@@ -33,6 +33,7 @@ from raybilevel.pruning import PRUNERS, Student, load_student, prune, save_stude
 from raybilevel.registry import Registry
 from raybilevel.sampling import sample
 from raybilevel.solvers import SOLVERS, Levels, Solver
+from raybilevel.solvers.compute import Costs, spent, steps_for_budget
 from raybilevel.solvers.data import EpochSampler
 from raybilevel.unlearning import UNLEARNING
 from raybilevel.worlds import World, build_world
@@ -66,6 +67,7 @@ class Run:
     solver: Solver
     dist: DistInfo
     output: Path
+    costs: Costs
     writer: Any = None
     timings: list[float] = field(default_factory=list)
 
@@ -121,16 +123,25 @@ def build_run(cfg: Config, output: Path, world: World | None = None) -> Run:
     samplers = {
         name: EpochSampler(n, batch, cfg.seed, name, dist.rank, dist.world_size, cfg.engine.grad_accum)
         for name, n, batch in (("lower", len(world.finetune), cfg.lower.batch_size),
-                               ("upper", len(world.concept.images), cfg.upper.batch_size))
+                               ("upper", len(world.concept.images), cfg.upper.batch_size),
+                               ("gap", len(world.finetune), cfg.lower.batch_size))
     }
     levels = Levels(
         lower_loss=FineTuneLoss(world.teacher, cfg.lower, world.scheduler_config, world.prompts),
         upper_loss=upper_loss, lower_sampler=samplers["lower"], upper_sampler=samplers["upper"],
+        gap_sampler=samplers["gap"],
         get_lower_data=world.finetune.get_batch, lower_lr=cfg.lower.lr, upper_lr=cfg.upper.lr,
         grad_accum=cfg.engine.grad_accum, total_steps=cfg.train.steps,
         on_nonfinite=cfg.train.on_nonfinite, max_skipped_steps=cfg.train.max_skipped_steps,
     )
-    solver = SOLVERS.get(cfg.solver.name)(cfg.solver, levels)
+    solver_class = SOLVERS.get(cfg.solver.name)
+    stats = student.description.get("stats", {})
+    costs = Costs(teacher=stats.get("teacher", {}).get("macs", 0), student=stats.get("student", {}).get("macs", 0))
+    if cfg.train.compute_budget > 0:
+        if not costs.student:
+            raise UserError("train.compute_budget: this student has no MAC count; set train.steps instead")
+        levels.total_steps = steps_for_budget(solver_class, cfg.solver, levels, costs, cfg.train.compute_budget)
+    solver = solver_class(cfg.solver, levels)
     # One micro-batch size per engine: DeepSpeed only uses it for its own bookkeeping here.
     ds_config = deepspeed_config(cfg.engine, cfg.lower.batch_size)
 
@@ -140,7 +151,7 @@ def build_run(cfg: Config, output: Path, world: World | None = None) -> Run:
                                   after_step=student.apply_constraints if name == "theta" else None)
 
     solver.build(student.model, make)
-    return Run(cfg, world, student, solver, dist, output)
+    return Run(cfg, world, student, solver, dist, output, costs)
 
 
 def _resume(run: Run, hooks: RunHooks) -> int:
@@ -198,8 +209,9 @@ def _export_student(run: Run, folder: Path) -> None:
 
 def _record_eval(run: Run, step: int, metrics: dict[str, Any]) -> None:
     """Rank 0: one line of evals.jsonl and eval/* scalars per evaluation, for convergence curves."""
+    spent_so_far = {"macs": run.costs.of(run.solver.budget), "theta_updates": run.solver.budget.theta_updates}
     with open(run.output / "evals.jsonl", "a") as f:
-        f.write(json.dumps({"step": step, **metrics}) + "\n")
+        f.write(json.dumps({"step": step, **spent_so_far, **metrics}) + "\n")
     for key, value in metrics.items():
         if isinstance(value, (int, float)):
             run.writer.add_scalar(f"eval/{key}", value, step)
@@ -249,7 +261,10 @@ def train(cfg: Config, output: Path, hooks: RunHooks | None = None) -> dict[str,
     if run.dist.is_main:
         _truncate_scalars(output / "scalars.jsonl", start)
         _truncate_scalars(output / "evals.jsonl", start + 1)  # evals are logged by steps done: keep `start`
-    steps = range(start, cfg.train.steps)
+    total = run.solver.levels.total_steps  # train.steps, or what train.compute_budget buys
+    if cfg.train.eval_at_start and start == 0:
+        _evaluate_during_training(run, 0, hooks)
+    steps = range(start, total)
     for step in tqdm(steps, desc=f"train {cfg.solver.name}", disable=not run.dist.is_main, mininterval=5):
         began = time.perf_counter()
         scalars = run.solver.iteration(step)
@@ -259,17 +274,18 @@ def train(cfg: Config, output: Path, hooks: RunHooks | None = None) -> dict[str,
         if cfg.train.sample_every and done % cfg.train.sample_every == 0:
             _sample_grid(run, step)
         # the last step's evaluation is the end-of-run one below
-        if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < cfg.train.steps:
+        if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < total:
             _evaluate_during_training(run, done, hooks)
-        if done == cfg.train.steps or (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0):
+        if done == total or (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0):
             _save(run, done, hooks)
     _export_student(run, output / "student")
     if run.world.pipeline_folder is not None and run.dist.is_main:
         export_pipeline(load_student(output / "student"), run.world.pipeline_folder, output / "pipeline")
     metrics: dict[str, Any] = {}
     if run.dist.is_main:
-        metrics = {"solver": cfg.solver.name, "steps": cfg.train.steps, "resumed_from": start,
-                   "budget": run.solver.state_dict()["budget"], "skipped_steps": run.solver.skipped_steps,
+        metrics = {"solver": cfg.solver.name, "steps": total, "resumed_from": start,
+                   "budget": run.solver.state_dict()["budget"],
+                   "compute": spent(run.solver.budget, run.costs, total), "skipped_steps": run.solver.skipped_steps,
                    "world_size": run.dist.world_size,
                    "seconds_per_step": float(np.mean(run.timings)) if run.timings else None,
                    # steady state: the first steps allocate optimizer state, a loaded machine adds spikes
@@ -277,7 +293,7 @@ def train(cfg: Config, output: Path, hooks: RunHooks | None = None) -> dict[str,
                    "student": run.student.description.get("stats", {})}
         if cfg.eval.enabled:
             evaluation = evaluate(run.world, load_student(output / "student").model, cfg.eval)
-            _record_eval(run, cfg.train.steps, evaluation)
+            _record_eval(run, total, evaluation)
             metrics |= evaluation
         metrics["peak_rss_mb"] = peak_rss_mb()
         write_json_atomic(output / "metrics.json", metrics)

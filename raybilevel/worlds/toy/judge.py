@@ -14,13 +14,17 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from raybilevel.metrics import frechet_distance
+from raybilevel.metrics import KernelReference, bootstrap_interval, frechet_distance, kid_from_parts
 from raybilevel.sampling import sample
 from raybilevel.text import PromptEncoder
 from raybilevel.worlds.toy import data
 from raybilevel.worlds.toy.models import Judge
 
 DEFAULT_BATCH = 256  # 16x16 pixel samples: a few hundred at once fit any laptop
+REFERENCE_SIZE, REFERENCE_SEED = 4096, 4242  # real renders that every model's KID is measured against
+# `quality`: which of the judge-feature metrics the sweeps minimise (chosen by benchmarks/quality_noise.py)
+QUALITY_METRIC = "kid"
+BOOTSTRAP_REPS = 1000
 
 
 def load_judge(path: Path) -> Judge:
@@ -34,6 +38,14 @@ def read_attributes(judge: Judge, images: torch.Tensor) -> tuple[torch.Tensor, d
     """The judge's features and its label per attribute for every image."""
     features, logits = judge(images.float())
     return features, {k: v.argmax(1).numpy() for k, v in logits.items()}
+
+
+@torch.no_grad()
+def attribute_nll(judge: Judge, images: torch.Tensor, wanted: dict[str, np.ndarray]) -> torch.Tensor:
+    """Per image: -sum over attributes of the judge's log-probability of the wanted label (nats)."""
+    _, logits = judge(images.float())
+    return -sum(torch.log_softmax(logits[a], 1).gather(1, torch.from_numpy(wanted[a]).long().view(-1, 1)).view(-1)
+                for a in data.ATTRIBUTES).double()
 
 
 def all_attributes_right(predicted: dict[str, np.ndarray], wanted: dict[str, np.ndarray]) -> np.ndarray:
@@ -74,6 +86,7 @@ class ToyEvaluator:
                  steps: int, guidance: float) -> None:
         self.judge, self.prompts, self.scheduler_config = judge, prompts, scheduler_config
         self.concept, self.steps, self.guidance = concept, steps, guidance
+        self._reference: KernelReference | None = None
         self.groups = {
             "concept": [PromptGroup(data.items_with(concept), "canonical")],
             "unrelated": [PromptGroup(data.items_without(concept), "canonical")],
@@ -101,14 +114,61 @@ class ToyEvaluator:
             images, items, wanted = self._draw(unet, groups, n_samples, generator, batch_size)
             features, predicted = read_attributes(self.judge, images)
             rates = concept_rates(predicted, wanted, self.concept)
-            results[prefixes[name]] = rates["conditional"]
-            results[f"{prefixes[name]}_raw"] = rates["raw"]
-            results[f"{prefixes[name]}_n"] = rates["n_conditional"]
+            results |= rate_metrics(prefixes[name], predicted, wanted, self.concept, seed)
             if name == "unrelated":
-                results["attribute_accuracy"] = float(all_attributes_right(predicted, wanted).mean())
-                real_features, _ = read_attributes(self.judge, torch.from_numpy(_render_items(items, seed + 1)))
-                results["quality"] = frechet_distance(features, real_features)
+                results |= self._quality(images, features, predicted, wanted, items, seed)
+        results["quality_metric"] = QUALITY_METRIC
+        results["quality"], results["quality_ci"] = results[QUALITY_METRIC], results[f"{QUALITY_METRIC}_ci"]
         return results
+
+    def reference(self) -> KernelReference:
+        """Judge features of REFERENCE_SIZE real renders of the unrelated prompts, built once per world."""
+        if self._reference is None:
+            items = data.items_without(self.concept)
+            chosen = [items[i % len(items)] for i in range(REFERENCE_SIZE)]
+            features, _ = read_attributes(self.judge, torch.from_numpy(_render_items(chosen, REFERENCE_SEED)))
+            self._reference = KernelReference(features)
+        return self._reference
+
+    def _quality(self, images: torch.Tensor, features: torch.Tensor, predicted: dict[str, np.ndarray],
+                 wanted: dict[str, np.ndarray], items: list[data.Item], seed: int) -> dict[str, Any]:
+        """Quality of the unrelated-prompt samples: KID against the large reference (unbiased at any
+        sample count), the judge's attribute NLL, attribute accuracy, each with a 95% bootstrap interval,
+        and the Frechet distance to as many real renders (biased at small counts; kept as secondary)."""
+        n, reference = len(images), self.reference()
+        kxx, kxy = reference.parts(features)
+        nll = attribute_nll(self.judge, images, wanted)
+        right = torch.from_numpy(all_attributes_right(predicted, wanted)).double()
+        real_features, _ = read_attributes(self.judge, torch.from_numpy(_render_items(items, seed + 1)))
+        interval = lambda statistic: bootstrap_interval(statistic, n, reps=BOOTSTRAP_REPS, seed=seed)
+        return {
+            "kid": kid_from_parts(kxx, kxy, reference.mean_kyy),
+            "kid_ci": interval(lambda rows: kid_from_parts(kxx, kxy, reference.mean_kyy, rows)),
+            "attribute_nll": float(nll.mean()), "attribute_nll_ci": interval(lambda rows: float(nll[rows].mean())),
+            "attribute_accuracy": float(right.mean()),
+            "attribute_accuracy_ci": interval(lambda rows: float(right[rows].mean())),
+            "fd": frechet_distance(features, real_features),
+            "kid_reference_size": REFERENCE_SIZE,
+        }
+
+
+def rate_metrics(prefix: str, predicted: dict[str, np.ndarray], wanted: dict[str, np.ndarray], concept: str,
+                 seed: int) -> dict[str, Any]:
+    """A group's concept rates and the conditional rate's 95% bootstrap interval. When no sample has its
+    other attributes right the conditional rate falls back to the raw one (marked in `_source`), so the
+    worst models still give the sampler a value instead of a failed trial."""
+    rates = concept_rates(predicted, wanted, concept)
+    n = len(next(iter(wanted.values())))
+
+    def conditional(rows: torch.Tensor) -> float:
+        picked = {k: v[rows.numpy()] for k, v in predicted.items()}
+        return concept_rates(picked, {k: v[rows.numpy()] for k, v in wanted.items()}, concept)["conditional"]
+
+    source = "conditional" if rates["n_conditional"] else "raw"
+    return {prefix: rates[source], f"{prefix}_source": source,
+            f"{prefix}_ci": bootstrap_interval(conditional, n, reps=BOOTSTRAP_REPS, seed=seed) if source == "conditional"
+            else [float("nan"), float("nan")],
+            f"{prefix}_raw": rates["raw"], f"{prefix}_n": rates["n_conditional"]}
 
 
 def _render_items(items: list[data.Item], seed: int) -> np.ndarray:
