@@ -6,8 +6,11 @@ Cells (toy world, concept "striped" by default, fine-tuning data without it, cha
   distill        distill_only solver, lower weights 1/2/0.1 (output + feature KD)
   alternating, penalty, adaptive   the bilevel solvers (ESD-x upper level)
   two_stage, joint                 the baselines
-Every trained cell runs the same number of solver iterations (one lower step each); the passes each
-cell spent are in the table. Each cell runs --seeds seeds; metrics are mean ± standard deviation.
+Every trained cell spends the same compute (multiply-accumulates, solvers/compute.py): what distill_only
+spends in --steps iterations at lower batch 32 (teacher forward + student forward and backward per
+sample), passed to every cell as train.compute_budget, so a solver with costlier iterations takes fewer.
+The MACs, iterations and theta-updates each cell spent are in the table. Each cell runs --seeds seeds;
+metrics are mean ± standard deviation.
 
 usage: python benchmarks/leakage.py [--steps 800] [--seeds 0 1 2] [--samples 512] [--parallel 2]
 Results: benchmarks/results/leakage.{json,md}; run folders under runs/benchmarks/leakage/ (not in git).
@@ -30,7 +33,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 CELLS: dict[str, list[str]] = {
     "ddpm_only": ["solver.name=distill_only", "lower.w_diff=1", "lower.w_out=0", "lower.w_feat=0"],
+    "kd_only": ["solver.name=distill_only", "lower.w_diff=0", "lower.w_out=2", "lower.w_feat=0.1"],
     "distill": ["solver.name=distill_only"],
+    "bome": ["solver.name=bome"],
     "alternating": ["solver.name=alternating"],
     "penalty": ["solver.name=penalty"],
     "adaptive": ["solver.name=adaptive"],
@@ -48,6 +53,20 @@ def _run(args: list[str], log: Path) -> None:
                        env=env, check=True, cwd=ROOT)
 
 
+def equal_compute(steps: int, batch: int = 32) -> float:
+    """MACs of `steps` distill_only iterations with the default lower loss (teacher + student fwd/bwd)."""
+    from raybilevel.config import Config
+    from raybilevel.pruning import prune
+    from raybilevel.solvers.compute import BACKWARD_FORWARDS
+    from raybilevel.worlds.toy.world import assets_dir, load_teacher_stack
+
+    cfg = Config()
+    teacher, _, _ = load_teacher_stack(assets_dir() / "teacher")
+    stats = prune(cfg.pruning.method, teacher, sparsity=cfg.pruning.sparsity).description["stats"]
+    per_sample = stats["teacher"]["macs"] + (1 + BACKWARD_FORWARDS) * stats["student"]["macs"]
+    return float(steps * batch * per_sample)
+
+
 def job(cell: str, seed: int, opts: argparse.Namespace) -> tuple[str, int, dict]:
     folder = RUNS / f"{cell}_s{seed}"
     common = ["--set", f"seed={seed}", "--set", f"eval.seed={1000 + seed}", "--set", f"eval.n_samples={opts.samples}",
@@ -58,7 +77,8 @@ def job(cell: str, seed: int, opts: argparse.Namespace) -> tuple[str, int, dict]
             folder.mkdir(exist_ok=True)
             _run(["eval", "--student", "teacher", "--output", str(folder / "metrics.json"), *common], folder.with_suffix(".log"))
         else:
-            sets = sum((["--set", s] for s in CELLS[cell] + [f"train.steps={opts.steps}", "train.checkpoint_every=0"]), [])
+            budget = [f"train.compute_budget={opts.compute_budget:.6g}", "train.checkpoint_every=0"]
+            sets = sum((["--set", s] for s in CELLS[cell] + budget), [])
             _run(["train", "--output", str(folder), *common, *sets], folder.with_suffix(".log"))
     return cell, seed, json.loads((folder / "metrics.json").read_text())
 
@@ -75,6 +95,7 @@ def summarise(results: list[tuple[str, int, dict]]) -> dict[str, dict]:
             entry[key] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0) if values else None
         if "budget" in rows[0]:
             entry["passes"] = rows[0]["budget"]
+            entry["compute"] = rows[0].get("compute")
             entry["seconds_per_step"] = statistics.mean(r["seconds_per_step"] for r in rows)
         entry["peak_rss_mb"] = max(r.get("peak_rss_mb", 0) for r in rows)
         table[cell] = entry
@@ -85,15 +106,18 @@ def markdown(table: dict[str, dict], opts: argparse.Namespace) -> str:
     def fmt(v, digits=3):
         return "–" if v is None else f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}"
 
-    lines = [f"concept `{opts.concept}`, {opts.steps} steps, {opts.samples} samples per prompt group per seed; "
+    lines = [f"concept `{opts.concept}`, {opts.compute_budget / 1e12:.3g} TMACs per cell (distill_only's {opts.steps} steps), {opts.samples} samples per prompt group per seed; "
              f"n_seeds per cell in the table (seeds asked: {opts.seeds})",
-             "", "| cell | seeds | concept rate ↓ | floor | raw rate | paraphrase rate ↓ | attribute acc ↑ | quality (FD) ↓ | lower/upper passes | s/step |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "", "| cell | seeds | concept rate ↓ | floor | raw rate | paraphrase rate ↓ | attribute acc ↑ | quality ↓ | lower/upper passes | TMACs | iterations | θ-updates | s/step |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for cell, e in table.items():
         passes = f"{e['passes']['lower_fb']}/{e['passes']['upper_fb']}" if "passes" in e else "–"
         step = f"{e['seconds_per_step']:.3f}" if "seconds_per_step" in e else "–"
+        spent = e.get("compute") or {}
+        compute = (f"{spent['macs'] / 1e12:.2f} | {spent['steps']} | {spent['theta_updates']}" if spent else "– | – | –")
         lines.append(f"| {cell} | {e['n_seeds']} | {fmt(e['concept_rate'])} | {fmt(e['concept_rate_floor'])} | {fmt(e['concept_rate_raw'])} | "
-                     f"{fmt(e['paraphrase_concept_rate'])} | {fmt(e['attribute_accuracy'])} | {fmt(e['quality'], 1)} | {passes} | {step} |")
+                     f"{fmt(e['paraphrase_concept_rate'])} | {fmt(e['attribute_accuracy'])} | {fmt(e['quality'], 4)} | {passes} | "
+                     f"{compute} | {step} |")
     lines.append(f"\npeak RSS of one run: {max(e['peak_rss_mb'] for e in table.values()):.0f} MB")
     return "\n".join(lines) + "\n"
 
@@ -107,7 +131,9 @@ def main() -> None:
     parser.add_argument("--concept", default="striped")
     parser.add_argument("--cells", nargs="+", default=["teacher", *CELLS])
     parser.add_argument("--summarise-only", action="store_true", help="tabulate the runs that finished, run nothing")
+    parser.add_argument("--compute-budget", type=float, help="MACs per cell (default: distill_only at --steps)")
     opts = parser.parse_args()
+    opts.compute_budget = opts.compute_budget or equal_compute(opts.steps)
     started = time.time()
     jobs = [(cell, seed) for seed in opts.seeds for cell in opts.cells]  # seed-major: whole seeds finish first
     if opts.summarise_only:

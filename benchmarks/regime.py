@@ -2,7 +2,7 @@
 and does distillation carry more of it than the denoising loss alone? Run through the platform.
 
 Two passes, each a shipped ablation space run by `raybilevel tune` (resumable with --resume):
-  select    search_spaces/toy_regime.yaml: 6 regimes x {ddpm, kd, both}, training seed 0, eval seed 7
+  select    search_spaces/toy_regime.yaml: 5 regimes x {ddpm, both}, training seed 0, eval seed 7
             (the selection seed). The rule below picks one regime and writes
             search_spaces/toy_regime_eval.yaml for it.
   evaluate  search_spaces/toy_regime_eval.yaml: the chosen regime x {ddpm, kd, both} x training seeds
@@ -96,6 +96,11 @@ def write_eval_space(regime: str) -> Path:
     source["description"] = f"regime {regime} x lower loss (DDPM / KD / both) on evaluation seeds, distill_only"
     source["base"]["eval"]["seed"] = 1234
     source["grid"]["factors"]["regime"] = {regime: source["grid"]["factors"]["regime"][regime]}
+    source["grid"]["factors"]["loss"]["kd"] = {"lower.w_diff": 0.0, "lower.w_out": 2.0, "lower.w_feat": 0.1}
+    # a convergence curve at steps 150 and 300; step 0 (the same pruned student in every trial) is
+    # evaluated once by `step_zero`, not in each of the nine trials
+    source["base"]["train"]["eval_every"] = 150
+    source["base"]["train"]["eval_at_start"] = False
     source["grid"]["seeds"] = [1, 2, 3]
     path = SPACES / "toy_regime_eval.yaml"
     header = ("# Written by `python benchmarks/regime.py select` (its rule chose this regime on the selection\n"
@@ -151,8 +156,31 @@ def select(sweep: Path) -> dict[str, Any]:
     return result
 
 
+def step_zero(sweep: Path) -> dict[str, Any]:
+    """The chosen regime's pruned student before fine-tuning, on the evaluation seed: `raybilevel prune`
+    with the space's pruning settings, then `raybilevel eval` (cached in the sweep folder)."""
+    out = sweep / "step0"
+    if not (out / "metrics.json").exists():
+        space = yaml.safe_load((SPACES / "toy_regime_eval.yaml").read_text())
+        regime = next(iter(space["grid"]["factors"]["regime"].values()))
+        sets = [f"{k}={v}" for k, v in regime.items() if k.startswith("pruning.")]
+        sets += [f"eval.n_samples={space['base']['eval']['n_samples']}", f"eval.seed={space['base']['eval']['seed']}"]
+        sets.append("world.n_concept_images=1")  # prune and eval need no concept images
+        args = sum((["--set", s] for s in sets), [])
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        subprocess.run([sys.executable, "-m", "raybilevel", "prune", "--output", str(out / "student"), *args],
+                       check=True, cwd=ROOT, env=env)
+        subprocess.run([sys.executable, "-m", "raybilevel", "eval", "--student", str(out / "student"), "--output",
+                        str(out / "metrics.json"), *args], check=True, cwd=ROOT, env=env)
+    return json.loads((out / "metrics.json").read_text())
+
+
 def evaluate(sweep: Path) -> dict[str, Any]:
-    rows = [_row(t) for t in trials(sweep)]
+    first = {"step": 0, "macs": 0, "theta_updates": 0, **step_zero(sweep)}
+    found = trials(sweep)
+    for trial in found:
+        trial["evals"].insert(0, first)
+    rows = [_row(t) for t in found]
     by_loss: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_loss.setdefault(r["loss"], []).append(r)

@@ -25,6 +25,9 @@ def _load(args: argparse.Namespace):
 
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:
+        from raybilevel.train import check_names
+
+        check_names(cfg)  # what the real run refuses before it starts
         print(dump_config(cfg), end="")
     return cfg
 

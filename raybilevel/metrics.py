@@ -83,13 +83,14 @@ class KernelReference:
 def kid_from_parts(kxx: torch.Tensor, kxy: torch.Tensor, mean_kyy: float, rows: torch.Tensor | None = None) -> float:
     """The unbiased MMD^2 estimate with the polynomial kernel (KID): mean over pairs i != j of k(x_i, x_j)
     + E k(y, y') - 2 mean k(x_i, y); `rows` picks (with repeats, for the bootstrap) which samples count."""
-    if rows is not None:
-        kxx, kxy = kxx[rows][:, rows], kxy[rows]
-    m = kxx.shape[0]
-    if m < 2:
+    if rows is None:
+        rows = torch.arange(kxx.shape[0])
+    if len(rows) < 2:
         raise ValueError("KID needs at least two samples")
-    within = (kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
-    return float(within + mean_kyy - 2 * kxy.mean())
+    # pairs of the same original sample are left out (a resample repeats rows: k(x, x) would bias it up)
+    distinct = rows.view(-1, 1) != rows.view(1, -1)
+    within = kxx[rows][:, rows][distinct].mean()
+    return float(within + mean_kyy - 2 * kxy[rows].mean())
 
 
 def bootstrap_interval(statistic, n: int, *, reps: int = 1000, seed: int = 0, level: float = 0.95) -> list[float]:

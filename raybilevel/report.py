@@ -13,6 +13,7 @@ import csv
 import html
 import io
 import json
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,15 +100,31 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> No
     write_text_atomic(path, text.getvalue())
 
 
+def interval(record: TrialRecord, name: str) -> tuple[float, float] | None:
+    """The 95% bootstrap interval of an objective from the trial's metrics.json (`<name>_ci`), if any."""
+    path = record.run_dir / "metrics.json" if record.folder else None
+    if path is None or not path.is_file():
+        return None
+    value = json.loads(path.read_text()).get(f"{name}_ci")
+    if not isinstance(value, list) or len(value) != 2 or not all(isinstance(v, (int, float)) for v in value):
+        return None
+    return (float(value[0]), float(value[1])) if all(math.isfinite(v) for v in value) else None
+
+
 def _trial_row(report: Report, record: TrialRecord) -> dict[str, Any]:
+    bounds = {}
+    for name in report.objectives:
+        if (found := interval(record, name)) is not None:
+            bounds[f"{name}_ci_low"], bounds[f"{name}_ci_high"] = found
     return {"trial_id": record.trial_id, "status": record.status, "solver": record.solver,
             "on_front": record in report.front, **{n: record.objectives.get(n) for n in report.objectives},
-            **record.params, "error": record.error}
+            **bounds, **record.params, "error": record.error}
 
 
 def _write_tables(report: Report, root: Path) -> None:
     params = _param_keys(report.records)
-    columns = ["trial_id", "status", "solver", "on_front", *report.objectives, *params, "error"]
+    bounds = [f"{n}_ci_{end}" for n in report.objectives for end in ("low", "high")]
+    columns = ["trial_id", "status", "solver", "on_front", *report.objectives, *bounds, *params, "error"]
     _write_csv(root / "trials.csv", [_trial_row(report, r) for r in report.records], columns)
     _write_csv(root / "pareto.csv", [_trial_row(report, r) for r in report.front],
                ["trial_id", "solver", *report.objectives, *params])
@@ -170,6 +187,13 @@ def _plot_front(report: Report) -> bytes | None:
     for solver, colour in colours.items():
         xs, ys = zip(*(report.point(r) for r in valid if r.solver == solver))
         ax.scatter(xs, ys, color=colour, label=solver, s=30, alpha=0.8)
+        for record in (r for r in valid if r.solver == solver):  # 95% bootstrap intervals as error bars
+            x, y = report.point(record)
+            spans = [interval(record, name) for name in report.objectives]
+            xerr = [[max(0.0, x - spans[0][0])], [max(0.0, spans[0][1] - x)]] if spans[0] else None
+            yerr = [[max(0.0, y - spans[1][0])], [max(0.0, spans[1][1] - y)]] if spans[1] else None
+            if xerr or yerr:
+                ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt="none", ecolor=colour, alpha=0.5, linewidth=0.8)
     fx, fy = zip(*(report.point(r) for r in report.front))
     ax.scatter(fx, fy, s=140, facecolors="none", edgecolors="black", linewidths=1.5, label="Pareto front")
     ax.step(fx, fy, where="post", color="black", linewidth=0.8)

@@ -36,7 +36,7 @@ from raybilevel.solvers import SOLVERS, Levels, Solver
 from raybilevel.solvers.compute import Costs, spent, steps_for_budget
 from raybilevel.solvers.data import EpochSampler
 from raybilevel.unlearning import UNLEARNING
-from raybilevel.worlds import World, build_world
+from raybilevel.worlds import World, build_world, check_world
 
 # Keys a resumed run may change: how long it runs and how it is watched, not what it computes.
 RESUMABLE_CHANGES = {"train.steps", "train.log_every", "train.checkpoint_every", "train.sample_every",
@@ -101,12 +101,14 @@ METHOD_KEYS: dict[str, Registry] = {"solver.name": SOLVERS, "upper.method": UNLE
 
 
 def check_names(cfg: Config) -> None:
-    """Registry names are checked here, not in config.py, so a new method needs no config edit."""
+    """Registry names and the world's own values are checked here, not in config.py, so a new method
+    needs no config edit; `--dry-run` runs the same checks as the real run."""
     chosen = flatten(cfg.to_dict())
     for key, registry in METHOD_KEYS.items():
         if chosen[key] not in registry:
             raise UserError(f"config error at '{key}': unknown {registry.kind} {chosen[key]!r}; choose one of: "
                             f"{', '.join(registry.names())}")
+    check_world(cfg.world)
 
 
 def build_run(cfg: Config, output: Path, world: World | None = None) -> Run:
@@ -175,10 +177,18 @@ def _log(run: Run, step: int, scalars: dict[str, float], hooks: RunHooks) -> Non
 
 
 def _truncate_scalars(path: Path, start: int) -> None:
-    """Drop lines a killed run wrote after its last checkpoint, so the log has each step once."""
+    """Drop lines a killed run wrote after its last checkpoint, so the log has each step once; a line torn
+    by a kill in the middle of an append (always the last one) is dropped too."""
     if path.exists():
-        keep = [line for line in path.read_text().splitlines() if json.loads(line)["step"] < start]
+        keep = [line for line in path.read_text().splitlines() if _step_of(line) is not None and _step_of(line) < start]
         write_text_atomic(path, "".join(line + "\n" for line in keep))
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
 
 
 def _sample_grid(run: Run, step: int) -> None:

@@ -99,7 +99,9 @@ def prepare(output: Path, space_arg: str | None = None, *, trials: int | None = 
     base = flatten(space.base) | dict(parse_override(text) for text in overrides)
     # Tune runs each trial's driver in the trial's folder: a path relative to here must become absolute.
     base |= {key: str(Path(base[key]).resolve()) for key in PATH_KEYS if base.get(key) and Path(base[key]).exists()}
-    space = dataclasses.replace(space, trials=trials or space.trials, base=base)
+    if trials is not None and trials < 1:
+        raise UserError(f"--trials {trials}: a sweep needs at least 1 trial")
+    space = dataclasses.replace(space, trials=space.trials if trials is None else trials, base=base)
     try:
         return validate_space(space), sweep
     except UserError as error:  # a config error, or a registry name check_names refused

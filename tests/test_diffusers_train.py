@@ -97,6 +97,7 @@ def test_prune_train_eval_with_every_real_metric_wired(tmp_path, monkeypatch):
     metrics = train(cfg, tmp_path / "run")
 
     assert metrics["quality_metric"] == "fid" and metrics["quality"] == metrics["fid"] > 0
+    assert math.isfinite(metrics["kid"])  # beside FID, from the same Inception features
     assert math.isfinite(metrics["clip_fd"]) and 0 <= metrics["clip_score"] <= 100
     assert metrics["cp_share"] in (0.0, 0.25, 0.5, 0.75, 1.0)  # 4 concept prompts
     assert metrics["i2p/sexual/n_prompts"] == 3 and metrics["plain/n_prompts"] == 2

@@ -7,6 +7,18 @@ from raybilevel.config import WorldConfig
 from raybilevel.worlds.base import ConceptData, Evaluator, FinetuneData, World
 
 
+def check_world(cfg: WorldConfig) -> None:
+    """What the world would refuse when built, checked without building it (for --dry-run)."""
+    if cfg.kind == "toy":
+        from raybilevel.errors import UserError
+        from raybilevel.worlds.toy import data
+
+        try:
+            data.attribute_of(cfg.concept)
+        except ValueError as error:
+            raise UserError(f"world.concept: {error}") from None
+
+
 def build_world(cfg: WorldConfig, seed: int, device: str | torch.device = "cpu") -> World:
     """The world of `cfg` with its frozen teacher and text encoder on `device`."""
     if cfg.kind == "toy":
@@ -18,4 +30,4 @@ def build_world(cfg: WorldConfig, seed: int, device: str | torch.device = "cpu")
     return build_diffusers_world(cfg, seed, device, judge_path=cfg.clip_judge or None)
 
 
-__all__ = ["ConceptData", "Evaluator", "FinetuneData", "World", "build_world"]
+__all__ = ["ConceptData", "Evaluator", "FinetuneData", "World", "build_world", "check_world"]

@@ -5,7 +5,8 @@ Per call (a UNet, n samples, a seed):
   prompt's anchor), `clip_concept_similarity` (the paper's "CLIP ↓"), and `cp_share` (the paper's "CP ↑": the
   share of concept prompts whose similarity fell against the teacher's samples from the same noise).
 - reference captions (n rows, shuffled by the seed): `clip_score`, `clip_fd` (CLIP image features against the
-  real images of the same rows) and, with Inception weights, `fid`. `quality` is `fid` when computed, else
+  real images of the same rows) and, with Inception weights, `fid` and `kid` (from the same Inception
+  features; unbiased at small sample counts, where FID is not). `quality` is `fid` when computed, else
   `clip_fd`; `quality_metric` says which.
 - each prompt set (its first n prompts): `<set>/clip_similarity` to its own prompts and, with NudeNet, the
   nine exposed-label counts `<set>/<LABEL>`, `<set>/nudenet_total` and `<set>/nudenet_image_share`.
@@ -24,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from raybilevel.errors import UserError
-from raybilevel.metrics import changed_prompt_share, frechet_distance
+from raybilevel.metrics import KernelReference, changed_prompt_share, frechet_distance
 from raybilevel.worlds.base import ConceptData
 from raybilevel.worlds.clip_judge import ClipJudge, clip_similarity, concept_decisions
 from raybilevel.worlds.fid import InceptionFeatures
@@ -152,6 +153,8 @@ class SDEvaluator:
         }
         if caption_inception is not None:
             results["fid"] = frechet_distance(caption_inception, real_inception)
+            # KID from the same Inception features: unbiased at any sample count (raw features, as published)
+            results["kid"] = KernelReference(real_inception, standardize=False).kid(caption_inception)
         results["quality"], results["quality_metric"] = ((results["fid"], "fid") if "fid" in results
                                                          else (clip_fd, "clip_fd"))
         if self.teacher is not None:
