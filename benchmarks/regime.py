@@ -2,11 +2,12 @@
 and does distillation carry more of it than the denoising loss alone? Run through the platform.
 
 Two passes, each a shipped ablation space run by `raybilevel tune` (resumable with --resume):
-  select    search_spaces/toy_regime.yaml: 5 regimes x {ddpm, both}, training seed 0, eval seed 7
+  select    raybilevel/search_spaces/toy_regime.yaml: 5 regimes x {ddpm, both}, training seed 0, eval seed 7
             (the selection seed). The rule below picks one regime and writes
-            search_spaces/toy_regime_eval.yaml for it.
-  evaluate  search_spaces/toy_regime_eval.yaml: the chosen regime x {ddpm, kd, both} x training seeds
-            1-3, eval seed 1234. Reported: every metric with its mean over seeds and a 95% t-interval,
+            raybilevel/search_spaces/toy_regime_eval.yaml for it.
+  evaluate  raybilevel/search_spaces/toy_regime_eval.yaml: the chosen regime x {ddpm, kd, both} x training seeds
+            1-3, eval seed 1234, each evaluated at its end, and the pruned student at step 0 once.
+            Reported: every metric with its mean over seeds and a 95% t-interval,
             and the per-seed differences kd - ddpm and both - ddpm (the leakage question).
 
 Selection rule, written before the first pass ran (2026-12-01), on the "both" cell (the paper's default
@@ -38,7 +39,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-SPACES = ROOT / "search_spaces"
+SPACES = ROOT / "raybilevel" / "search_spaces"
 METRICS = ("concept_rate", "concept_rate_floor", "paraphrase_concept_rate", "attribute_accuracy", "quality",
            "attribute_nll", "fd")
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # two-sided 95% t quantiles by degrees of freedom
@@ -90,16 +91,15 @@ def choose(rows: list[dict[str, Any]]) -> tuple[str | None, str]:
 
 
 def write_eval_space(regime: str) -> Path:
-    """search_spaces/toy_regime_eval.yaml: the chosen regime on evaluation seeds."""
+    """raybilevel/search_spaces/toy_regime_eval.yaml: the chosen regime on evaluation seeds."""
     source = yaml.safe_load((SPACES / "toy_regime.yaml").read_text())
     source["name"] = "toy_regime_eval"
     source["description"] = f"regime {regime} x lower loss (DDPM / KD / both) on evaluation seeds, distill_only"
     source["base"]["eval"]["seed"] = 1234
     source["grid"]["factors"]["regime"] = {regime: source["grid"]["factors"]["regime"][regime]}
     source["grid"]["factors"]["loss"]["kd"] = {"lower.w_diff": 0.0, "lower.w_out": 2.0, "lower.w_feat": 0.1}
-    # a convergence curve at steps 150 and 300; step 0 (the same pruned student in every trial) is
-    # evaluated once by `step_zero`, not in each of the nine trials
-    source["base"]["train"]["eval_every"] = 150
+    # step 0 (the same pruned student in every trial) is evaluated once by `step_zero`, not in each of
+    # the nine trials; each trial evaluates at its end (an evaluation costs ~150 training steps here)
     source["base"]["train"]["eval_at_start"] = False
     source["grid"]["seeds"] = [1, 2, 3]
     path = SPACES / "toy_regime_eval.yaml"

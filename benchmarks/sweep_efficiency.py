@@ -1,7 +1,7 @@
 """How fast does each Optuna sampler find the quality / concept-rate front of a search space?
 
 For every sampler (multi-objective TPE, NSGA-II, random search) and every sampler seed, one Optuna study
-proposes trials from the space (default: search_spaces/toy.yaml, with the same define-by-run space and
+proposes trials from the space (default: raybilevel/search_spaces/toy.yaml, with the same define-by-run space and
 sampler settings the sweep uses); each trial is a real training run of the space's trial config, run in
 this process (no Ray: the benchmark measures the samplers, not the cluster). After every trial the
 hypervolume of the trials so far is computed against the space's reference point. Trials within a study

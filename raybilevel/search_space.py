@@ -29,7 +29,7 @@ from raybilevel.config import Config, config_from_dict, flatten, from_dict, set_
 from raybilevel.errors import ConfigError, UserError
 from raybilevel.train import METHOD_KEYS, check_names
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACES_DIR = Path(__file__).resolve().parent / "search_spaces"  # shipped inside the package (wheels too)
 
 class SpaceError(UserError):
     def __init__(self, source: str, message: str) -> None:

@@ -28,7 +28,7 @@ from raybilevel.config import Config, flatten, parse_override
 from raybilevel.distributed import fit, storage_for
 from raybilevel.errors import UserError
 from raybilevel.report import Report, write_hparams, write_report
-from raybilevel.search_space import SamplerSpec, SearchSpace, load_space
+from raybilevel.search_space import SamplerSpec, SearchSpace, load_space, resolve
 from raybilevel.search_space import validate as validate_space
 from raybilevel.trials import SweepDir, TrialRecord
 
@@ -93,12 +93,18 @@ def prepare(output: Path, space_arg: str | None = None, *, trials: int | None = 
         return space, sweep
     if check_output and sweep.root.exists() and any(sweep.root.iterdir()):
         raise UserError(f"--output {output} is not empty; pass --resume to continue the sweep there, or choose a new directory")
-    space = load_space(space_arg or "toy")
+    space_file = resolve(space_arg or "toy")
+    space = load_space(space_file)
     if trials is not None and space.is_grid:
         raise UserError(f"--trials: {space.name} is an ablation grid; it runs every cell once per seed")
     base = flatten(space.base) | dict(parse_override(text) for text in overrides)
-    # Tune runs each trial's driver in the trial's folder: a path relative to here must become absolute.
-    base |= {key: str(Path(base[key]).resolve()) for key in PATH_KEYS if base.get(key) and Path(base[key]).exists()}
+    # Tune runs each trial's driver in the trial's folder: a relative path must become absolute. It is
+    # read against this folder first, then against the space file's (shipped spaces' prompt files).
+    for key in PATH_KEYS:
+        if base.get(key) and not Path(base[key]).is_absolute():
+            found = next((p for p in (Path(base[key]), space_file.parent / base[key]) if p.exists()), None)
+            if found is not None:
+                base[key] = str(found.resolve())
     if trials is not None and trials < 1:
         raise UserError(f"--trials {trials}: a sweep needs at least 1 trial")
     space = dataclasses.replace(space, trials=space.trials if trials is None else trials, base=base)

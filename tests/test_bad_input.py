@@ -121,6 +121,8 @@ CASES = [
     Case("ZeRO stage 4", lambda t, a: ["train", "--set", "engine.zero_stage=4", "--output", str(t / "o")], "engine.zero_stage"),
     Case("unknown NaN policy", lambda t, a: ["train", "--set", "train.on_nonfinite=ignore", "--output", str(t / "o")], "train.on_nonfinite"),
     Case("unknown toy concept", lambda t, a: ["train", "--set", "world.concept=dragon", "--output", str(t / "o"), *TRAIN], "dragon"),
+    Case("unknown toy concept, dry run", lambda t, a: ["train", "--set", "world.concept=dragon", "--dry-run"], "world.concept"),
+    Case("zero trials, dry run", lambda t, a: ["tune", "--trials", "0", "--dry-run", "--output", str(t / "z")], "--trials 0"),
     # models and data
     Case("missing model path", lambda t, a: _sd_world(t, a) + ["--set", f"world.pretrained={t / 'nope'}"], "world.pretrained"),
     Case("missing dataset", lambda t, a: _sd_world(t, a, path=str(t / "nodata")), "nodata"),

@@ -72,6 +72,16 @@ def test_resume_continues_the_exact_loss_curve(tmp_path, solver):
     assert read_scalars(out) == uninterrupted
 
 
+def test_a_line_torn_by_a_kill_mid_append_does_not_stop_the_resume(tmp_path):
+    _, out = _train(tmp_path, "solver.name=alternating", "deterministic=true", "eval.enabled=false")
+    uninterrupted = read_scalars(out)
+    shutil.rmtree(out / "checkpoints" / "step_00000004")
+    with open(out / "scalars.jsonl", "a") as f:
+        f.write('{"step": 4, "diff": 0.12')  # the kill came in the middle of this append
+    metrics, _ = _train(tmp_path, "solver.name=alternating", "deterministic=true", "eval.enabled=false")
+    assert metrics["resumed_from"] == 2 and read_scalars(out) == uninterrupted
+
+
 def test_output_directory_of_another_run_is_refused_and_kept(tmp_path):
     _, out = _train(tmp_path, "eval.enabled=false")
     before = (out / "config.yaml").read_text()
