@@ -7,7 +7,7 @@ Cells (toy world, concept "striped" by default, fine-tuning data without it, cha
   alternating, penalty, adaptive   the bilevel solvers (ESD-x upper level)
   two_stage, joint                 the baselines
 Every trained cell spends the same compute (multiply-accumulates, solvers/compute.py): what distill_only
-spends in --steps iterations at lower batch 32 (teacher forward + student forward and backward per
+spends in --steps iterations at the default lower batch (teacher forward + student forward and backward per
 sample), passed to every cell as train.compute_budget, so a solver with costlier iterations takes fewer.
 The MACs, iterations and theta-updates each cell spent are in the table. Each cell runs --seeds seeds;
 metrics are mean ± standard deviation.
@@ -53,7 +53,7 @@ def _run(args: list[str], log: Path) -> None:
                        env=env, check=True, cwd=ROOT)
 
 
-def equal_compute(steps: int, batch: int = 32) -> float:
+def equal_compute(steps: int) -> float:
     """MACs of `steps` distill_only iterations with the default lower loss (teacher + student fwd/bwd)."""
     from raybilevel.config import Config
     from raybilevel.pruning import prune
@@ -64,7 +64,7 @@ def equal_compute(steps: int, batch: int = 32) -> float:
     teacher, _, _ = load_teacher_stack(assets_dir() / "teacher")
     stats = prune(cfg.pruning.method, teacher, sparsity=cfg.pruning.sparsity).description["stats"]
     per_sample = stats["teacher"]["macs"] + (1 + BACKWARD_FORWARDS) * stats["student"]["macs"]
-    return float(steps * batch * per_sample)
+    return float(steps * cfg.lower.batch_size * per_sample)
 
 
 def job(cell: str, seed: int, opts: argparse.Namespace) -> tuple[str, int, dict]:

@@ -167,7 +167,7 @@ class PruningConfig:
     """
 
     method: str = "channels"
-    sparsity: float = 0.5
+    sparsity: float = 0.25  # the regime study's choice (README, "The regime study")
     path: str = ""
 
     def validate(self, path: str) -> None:
@@ -193,8 +193,8 @@ class LowerConfig:
     taps: list[str] = field(default_factory=lambda: ["down", "mid", "up"])
     min_snr_gamma: float = 0.0
     caption_drop: float = 0.1
-    lr: float = 5e-4
-    batch_size: int = 32
+    lr: float = 5e-5  # with solver.warmup_steps 30 and a cosine decay: the regime study's choice
+    batch_size: int = 16
 
     def validate(self, path: str) -> None:
         for name in ("w_diff", "w_out", "w_feat", "min_snr_gamma"):
@@ -265,8 +265,8 @@ class SolverConfig:
     gap_ema: float = 0.9
     keep: float = 0.5
     lam_min: float = 1.0
-    warmup_steps: int = 0
-    lr_schedule: str = "constant"
+    warmup_steps: int = 30
+    lr_schedule: str = "cosine"
 
     def validate(self, path: str) -> None:
         _check(self.K >= 1, f"{path}.K", f"K={self.K} is invalid; use an integer >= 1")
@@ -359,11 +359,11 @@ class TrainConfig:
         max_skipped_steps: with "skip", more skipped steps than this stop the run as diverged.
     """
 
-    steps: int = 800
+    steps: int = 300
     compute_budget: float = 0.0
     eval_at_start: bool = False
     log_every: int = 10
-    checkpoint_every: int = 200
+    checkpoint_every: int = 150
     sample_every: int = 0
     keep_checkpoints: int = 2
     eval_every: int = 0
@@ -393,7 +393,7 @@ class EvalConfig:
     result records the settings it was made with under `eval_settings`.
     """
 
-    n_samples: int = 256
+    n_samples: int = 128
     seed: int = 1234
     enabled: bool = True
     batch_size: int = 0

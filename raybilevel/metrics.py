@@ -53,15 +53,16 @@ class KernelReference:
     against it: E k(y, y') over the reference is the expensive part of KID."""
 
     def __init__(self, features: torch.Tensor, standardize: bool = True) -> None:
-        """standardize: map every feature set through the reference's per-dimension mean and standard
-        deviation first (one fixed affine map, so still an MMD), which keeps the cubic kernel from being
-        ruled by a few large unnormalised features."""
+        """standardize: centre every feature set on the reference's mean and divide by one scalar, the
+        reference's root-mean-square spread per dimension (one fixed isotropic map, so still an MMD, and
+        the kernel's "+1" meets features of order 1). Per-dimension scaling is avoided: nearly constant
+        (dead ReLU) reference features would blow up any sample that differs there."""
         if len(features) < 2:
             raise ValueError("a KID reference needs at least two feature rows")
         features = features.double()
         self.shift = features.mean(0) if standardize else torch.zeros(features.shape[1], dtype=torch.float64)
-        spread = features.std(0) if standardize else torch.ones(features.shape[1], dtype=torch.float64)
-        self.scale = torch.where(spread > 1e-8, spread, torch.ones_like(spread))  # constant features stay put
+        spread = float(features.var(0).mean().sqrt()) if standardize else 1.0
+        self.scale = spread if spread > 1e-12 else 1.0
         self.features = self.map(features)
         n = len(self.features)
         gram = polynomial_kernel(self.features, self.features)

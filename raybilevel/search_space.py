@@ -211,7 +211,8 @@ class SearchSpace:
         base = self.trial_config(self.example_params())
         lines.append(f"per trial: {base.ray.num_workers} worker(s) x {base.ray.cpus_per_worker:g} CPU"
                      + (f" + {base.ray.gpus_per_worker:g} GPU" if base.ray.use_gpu else "")
-                     + f", {base.train.steps} steps, world {base.world.kind}")
+                     + (f", {base.train.compute_budget:.4g} MACs (train.compute_budget)" if base.train.compute_budget
+                        else f", {base.train.steps} steps") + f", world {base.world.kind}")
         return "\n".join(lines)
 
     def example_params(self) -> dict[str, Any]:

@@ -17,7 +17,7 @@ torch.set_num_threads(1)
 TINY = [
     "train.steps=4", "solver.K=2", "solver.erase_fraction=0.5", "train.checkpoint_every=2",
     "world.toy_images=128", "world.n_concept_images=8", "world.sampling_steps=2",
-    "lower.batch_size=8", "upper.batch_size=4", "eval.n_samples=8", "train.log_every=1",
+    "lower.batch_size=8", "upper.batch_size=4", "eval.n_samples=8", "train.log_every=1", "solver.warmup_steps=1",
 ]
 
 

@@ -1,8 +1,8 @@
 """Run by torchrun from test_distributed.py: several tiny runs in one process group, to pay start-up once.
 
-usage: torchrun --nproc_per_node 2 tests/dist_worker.py OUT_DIR SOLVER STAGE [STAGE ...]
-Writes OUT_DIR/stage_N for each stage, then OUT_DIR/resumed: a stage-2 run whose last checkpoint is
-deleted and which is rerun, to compare with stage_2 loss for loss.
+usage: torchrun --nproc_per_node 2 tests/dist_worker.py OUT_DIR SOLVER STAGE[:SOLVER] [...]
+Writes OUT_DIR/stage_N (or stage_N_OTHER for a STAGE:OTHER token) for each token, then OUT_DIR/resumed:
+a stage-2 run of SOLVER whose last checkpoint is deleted and which is rerun, to compare loss for loss.
 """
 import os
 import shutil
@@ -19,10 +19,13 @@ from raybilevel.engine import barrier  # noqa: E402
 from raybilevel.train import train  # noqa: E402
 
 torch.set_num_threads(1)
-out, solver, stages = Path(sys.argv[1]), sys.argv[2], [int(s) for s in sys.argv[3:]]
+out, solver, tokens = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
 common = TINY + [f"solver.name={solver}", "eval.enabled=false", "deterministic=true"]
-for stage in stages:
-    train(load_config(None, common + [f"engine.zero_stage={stage}"]), out / f"stage_{stage}")
+for token in tokens:
+    stage, _, other = token.partition(":")
+    extra = [f"solver.name={other}", "solver.keep=0.9", "upper.lr=1e-3"] if other else []  # bome: a binding barrier
+    train(load_config(None, common + extra + [f"engine.zero_stage={stage}"]),
+          out / (f"stage_{stage}_{other}" if other else f"stage_{stage}"))
 
 resumed = out / "resumed"
 cfg = load_config(None, common + ["engine.zero_stage=2"])

@@ -33,7 +33,7 @@ def assets(tmp_path_factory) -> dict:
     """Runs and files the cases start from: a finished toy run (checkpoints at steps 2 and 4), one of
     another architecture, and a tiny SD pipeline with its imagefolder."""
     root = tmp_path_factory.mktemp("assets")
-    for name, extra in (("run", []), ("other_arch", ["--set", "pruning.sparsity=0.25"])):
+    for name, extra in (("run", []), ("other_arch", ["--set", "pruning.sparsity=0.5"])):
         assert main(["train", "--output", str(root / name), *TRAIN, *extra]) == 0
     world, judge = build_tiny_sd_assets(root / "sd")
     sd = dataclasses.asdict(dataclasses.replace(world, clip_judge=str(judge)))

@@ -84,6 +84,49 @@ def test_joint_level_adds_the_upper_gradient_only_on_flagged_groups():
     assert all("stash" not in opt.state[p] for p in (upper, rest))  # nothing stays behind for checkpoints
 
 
+def _barrier_on_a_partition(rank: int, world_size: int, init_file: str, out: str) -> None:
+    """One rank of a 2-process group: the barrier step on this rank's half of the parameter vector."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    half = slice(rank * 3, rank * 3 + 3)
+    upper = torch.nn.Parameter(torch.arange(6.0)[half].clone())
+    opt = BilevelAdamW([{"params": [upper], "upper": True}], lr=0.1, weight_decay=0.0)
+    opt.all_reduce = dist.all_reduce
+    upper.grad = PARTITIONED_FT[half].clone()
+    opt.level = "stash"
+    opt.step()
+    upper.grad = PARTITIONED_CU[half].clone()
+    opt.upper_lr, opt.keep, opt.lam_min, opt.lam_max, opt.level = 0.2, 0.5, 1.0, 1e4, "barrier"
+    opt.step()
+    torch.save({"lambda": opt.last_lambda, "weights": upper.detach()}, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+PARTITIONED_FT = torch.tensor([1.0, -2.0, 0.5, 1.0, 3.0, -1.0])
+PARTITIONED_CU = torch.tensor([-1.0, 2.0, 0.5, -1.0, -3.0, 1.0])  # mostly against fine-tuning
+
+
+def test_the_barrier_on_partitions_with_an_all_reduce_equals_the_whole_vector(tmp_path):
+    """ZeRO hands each rank a disjoint partition: the inner products summed over ranks must give the
+    lambda (and the step) of the unpartitioned vector."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_barrier_on_a_partition, args=(2, str(tmp_path / "init"), str(tmp_path / "out")), nprocs=2)
+    parts = [torch.load(tmp_path / f"out.{rank}", weights_only=True) for rank in range(2)]
+    whole = torch.nn.Parameter(torch.arange(6.0))
+    opt = BilevelAdamW([{"params": [whole], "upper": True}], lr=0.1, weight_decay=0.0)
+    whole.grad = PARTITIONED_FT.clone()
+    opt.level = "stash"
+    opt.step()
+    whole.grad = PARTITIONED_CU.clone()
+    opt.upper_lr, opt.keep, opt.lam_min, opt.lam_max, opt.level = 0.2, 0.5, 1.0, 1e4, "barrier"
+    opt.step()
+    assert opt.last_lambda > 1.0  # the barrier binds here
+    assert parts[0]["lambda"] == parts[1]["lambda"] == pytest.approx(opt.last_lambda)
+    torch.testing.assert_close(torch.cat([p["weights"] for p in parts]), whole.detach())
+
+
 # ---- on the toy world, through the real engine (one world shared by every run of this module)
 from dataclasses import asdict  # noqa: E402
 

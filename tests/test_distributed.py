@@ -70,7 +70,7 @@ def test_two_processes_zero_0_to_3_and_resume(tmp_path):
     worker = Path(__file__).parent / "dist_worker.py"
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29631",
-         str(worker), str(tmp_path), "penalty", "0", "1", "2", "3"],
+         str(worker), str(tmp_path), "penalty", "0", "1", "2", "3", "0:bome", "2:bome", "3:bome"],
         capture_output=True, text=True, timeout=1200, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     for stage in range(4):
@@ -82,6 +82,11 @@ def test_two_processes_zero_0_to_3_and_resume(tmp_path):
         assert len(shards) == (2 if stage > 0 else 0)  # ZeRO >= 1 partitions optimizer state per rank;
         # stage 0 keeps it inside the model-states file
         load_student(run / "student")
+    # bome's barrier sums inner products over each rank's partition plus one all-reduce under ZeRO 2-3, and
+    # over the whole (replicated) gradient at stage 0: the same lambdas and losses either way
+    bome = read_scalars(tmp_path / "stage_0_bome")
+    for stage in (2, 3):
+        assert_same_curve(read_scalars(tmp_path / f"stage_{stage}_bome"), bome, rel=1e-4)
     # across 2 ranks the gradient all-reduce can round differently after a reload (seen: 1.6e-7 relative)
     assert_same_curve(read_scalars(tmp_path / "resumed"), read_scalars(tmp_path / "stage_2"), rel=1e-6)
     assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["resumed_from"] == 2

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 JOBS = REPO / "jobs"
 RAY = str(Path(sys.executable).with_name("ray"))
 # The toy job, shrunk to one tiny trial: what is tested is the submission path, not the sweep's size.
-TINY_TRIAL = ["--trials", "1", "--set", "train.steps=4", "--set", "train.checkpoint_every=2",
+TINY_TRIAL = ["--trials", "1", "--set", "train.compute_budget=0", "--set", "train.steps=4", "--set", "train.checkpoint_every=2",
               "--set", "train.eval_every=0", "--set", "world.toy_images=128", "--set", "world.n_concept_images=8",
               "--set", "world.sampling_steps=2", "--set", "lower.batch_size=8", "--set", "upper.batch_size=4",
               "--set", "eval.n_samples=16"]

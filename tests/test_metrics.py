@@ -81,9 +81,10 @@ def test_kid_matches_the_pairwise_definition_and_is_unbiased_at_small_counts():
     samples = torch.randn(12, 4, generator=gen) * 2 + 1.5
     plain = KernelReference(reference, standardize=False)
     assert plain.kid(samples) == pytest.approx(_direct_kid(samples.double().numpy(), reference.double().numpy()), rel=1e-9)
-    # standardising is one affine map through the reference's statistics, applied to both sets
+    # standardising is one isotropic affine map through the reference's statistics, applied to both sets
     scaled = KernelReference(reference)
-    mapped = lambda a: ((a.double() - reference.double().mean(0)) / reference.double().std(0)).numpy()
+    spread = reference.double().var(0).mean().sqrt()
+    mapped = lambda a: ((a.double() - reference.double().mean(0)) / spread).numpy()
     assert scaled.kid(samples) == pytest.approx(_direct_kid(mapped(samples), mapped(reference)), rel=1e-9)
     # unbiased: samples from the reference's own distribution average to ~0 even at 8 samples each
     big = KernelReference(torch.randn(4000, 4, generator=gen))

@@ -60,9 +60,10 @@ def test_conditional_keys_are_sampled_only_for_solvers_that_read_them():
         space.define_by_run(trial)
         solver = trial.params["solver.name"]
         seen.add(solver)
-        assert ("solver.lam" in trial.params) == (solver in ("penalty", "adaptive"))
+        assert ("solver.lam" in trial.params) == (solver == "penalty")
+        assert ("solver.keep" in trial.params) == (solver == "bome")
         assert ("solver.K" in trial.params) == (solver in ("penalty", "adaptive", "alternating"))
-    assert len(seen) == 6
+    assert len(seen) == 7
 
 
 def test_a_grid_trial_merges_its_factor_levels_and_seed():
@@ -120,9 +121,11 @@ def test_concurrency_fits_the_cluster():
 
 
 def test_tune_cli_dry_run_prints_the_plan_and_bad_input_exits_2(tmp_path, capsys):
-    assert main(["tune", "--dry-run", "--trials", "3", "--set", "train.steps=7"]) == 0
+    assert main(["tune", "--dry-run", "--trials", "3", "--set", "train.compute_budget=0", "--set", "train.steps=7"]) == 0
     plan = capsys.readouterr().out
     assert "sweep toy" in plan and "3 trials" in plan and "7 steps" in plan
+    assert main(["tune", "--dry-run"]) == 0  # the default sweep runs at equal compute
+    assert "1.382e+12 MACs (train.compute_budget)" in capsys.readouterr().out
     for args, words in [(["--space", "nope"], "--space nope: no such file or shipped space; shipped: "),
                         (["--set", "train.stepz=1"], "--set: config error at 'train.stepz'"),
                         (["--space", "toy_baselines", "--trials", "4"], "toy_baselines is an ablation grid"),

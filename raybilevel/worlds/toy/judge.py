@@ -23,7 +23,7 @@ from raybilevel.worlds.toy.models import Judge
 DEFAULT_BATCH = 256  # 16x16 pixel samples: a few hundred at once fit any laptop
 REFERENCE_SIZE, REFERENCE_SEED = 4096, 4242  # real renders that every model's KID is measured against
 # `quality`: which of the judge-feature metrics the sweeps minimise (chosen by benchmarks/quality_noise.py)
-QUALITY_METRIC = "kid"
+QUALITY_METRIC = "attribute_nll"
 BOOTSTRAP_REPS = 1000
 
 
