@@ -193,7 +193,7 @@ def evaluate(sweep: Path) -> dict[str, Any]:
         shared = sorted(set(seeds.get(loss, {})) & set(seeds.get("ddpm", {})))
         differences[f"{loss} - ddpm"] = {k: mean_interval([seeds[loss][s]["final"][k] - seeds["ddpm"][s]["final"][k]
                                                            for s in shared]) for k in ("concept_rate", "attribute_accuracy", "quality")}
-    lines = ["| loss | seeds | concept rate | floor | concept − floor | paraphrase | attribute acc. | quality (KID) | "
+    lines = ["| loss | seeds | concept rate | floor | concept − floor | paraphrase | attribute acc. | quality | "
              "attribute NLL | FD |", "|" + "---|" * 10]
     for loss, e in table.items():
         lines.append(f"| {loss} | {len(e['seeds'])} | {_fmt(e['concept_rate'])} | {_fmt(e['concept_rate_floor'])} | "
