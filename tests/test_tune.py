@@ -211,7 +211,8 @@ GRID_SPACE = {
     "name": "grid",
     "base": TINY_SPACE["base"] | {"train": {"steps": 4, "checkpoint_every": 2, "eval_every": 2},
                                   "engine": {"zero_stage": 0}, "ray": {"num_workers": 1, "cpus_per_worker": 0.99}},
-    "grid": {"factors": {"concept": {"striped": {"world.concept": "striped"}, "dragon": {"world.concept": "dragon"}}},
+    "grid": {"factors": {"student": {"pruned": {"pruning.method": "channels"},
+                                     "missing": {"pruning.method": "load", "pruning.path": "/nonexistent-student"}}},
              "seeds": [0]},
     "reference_point": {"quality": 1e6, "concept_rate": 1.0},
 }
@@ -219,8 +220,9 @@ GRID_SPACE = {
 
 @pytest.mark.slow
 def test_a_grid_sweep_runs_every_cell_and_reports_a_failed_trial_in_one_line(tmp_path):
-    """Tune's grid search, two 1-worker trials at once; the cell whose concept the toy world lacks fails
-    on the workers, and its reason reaches the CLI, trials.csv and the report as one line."""
+    """Tune's grid search, two 1-worker trials at once; the cell whose student folder does not exist fails
+    on the workers (what validation can refuse, e.g. an unknown concept, never starts), and its reason
+    reaches the CLI, trials.csv and the report as one line."""
     space_file, out = tmp_path / "grid.yaml", tmp_path / "sweep"
     space_file.write_text(yaml.safe_dump(GRID_SPACE, sort_keys=False))
     result = subprocess.run(cli("tune", "--space", str(space_file), "--output", str(out)), capture_output=True,
@@ -228,13 +230,13 @@ def test_a_grid_sweep_runs_every_cell_and_reports_a_failed_trial_in_one_line(tmp
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "sweep grid: 2 of 2 trials finished, 1 failed" in result.stdout
     (failure,) = [line for line in result.stdout.splitlines() if line.startswith("  failed ")]
-    assert "unknown toy concept 'dragon'" in failure
+    assert "/nonexistent-student" in failure
 
-    records = {r.params["concept"]: r for r in SweepDir(out).records()}
-    assert records["dragon"].status == "failed" and "unknown toy concept 'dragon'" in records["dragon"].error
-    assert records["striped"].status == "done" and not (out / "optuna.db").exists()  # a grid needs no Optuna
+    records = {r.params["student"]: r for r in SweepDir(out).records()}
+    assert records["missing"].status == "failed" and "/nonexistent-student" in records["missing"].error
+    assert records["pruned"].status == "done" and not (out / "optuna.db").exists()  # a grid needs no Optuna
     with open(out / "ablation.csv") as f:
-        cells = {row["concept"]: row for row in csv.DictReader(f)}
-    assert cells["striped"]["n"] == "1" and cells["dragon"]["n"] == "0"
-    assert float(cells["striped"]["quality_mean"]) == records["striped"].objectives["quality"]
-    assert "unknown toy concept" in (out / "report.html").read_text()
+        cells = {row["student"]: row for row in csv.DictReader(f)}
+    assert cells["pruned"]["n"] == "1" and cells["missing"]["n"] == "0"
+    assert float(cells["pruned"]["quality_mean"]) == records["pruned"].objectives["quality"]
+    assert "/nonexistent-student" in (out / "report.html").read_text()
