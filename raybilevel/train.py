@@ -180,7 +180,8 @@ def _truncate_scalars(path: Path, start: int) -> None:
     """Drop lines a killed run wrote after its last checkpoint, so the log has each step once; a line torn
     by a kill in the middle of an append (always the last one) is dropped too."""
     if path.exists():
-        keep = [line for line in path.read_text().splitlines() if _step_of(line) is not None and _step_of(line) < start]
+        steps = ((line, _step_of(line)) for line in path.read_text().splitlines())
+        keep = [line for line, step in steps if step is not None and step < start]
         write_text_atomic(path, "".join(line + "\n" for line in keep))
 
 

@@ -118,20 +118,17 @@ class Solver(ABC):
         score the same batch, and rebuilding it would repeat the teacher's forward."""
         if self._last_lower is not None and self._last_lower[0] == (step, micro):
             return self._last_lower[1]
-        sampler = self.levels.lower_sampler
-        x0, captions = self.levels.get_lower_data(sampler.indices(step, micro))
-        batch = self.levels.lower_loss.make_batch(x0, captions, sampler.generator(step, micro))
-        if batch.teacher_out is not None:
-            self.budget.teacher_forward += 1
-            self.budget.teacher_samples += sampler.batch_size
+        batch = self._make_lower_batch(self.levels.lower_sampler, step, micro)
         self._last_lower = ((step, micro), batch)
         return batch
 
     def fresh_lower_batch(self, step: int) -> LowerBatch:
         """A lower batch no optimizer has stepped on: from the "gap" stream, for unbiased value gaps."""
-        sampler = self.levels.gap_sampler
-        x0, captions = self.levels.get_lower_data(sampler.indices(step, 0))
-        batch = self.levels.lower_loss.make_batch(x0, captions, sampler.generator(step, 0))
+        return self._make_lower_batch(self.levels.gap_sampler, step, 0)
+
+    def _make_lower_batch(self, sampler: EpochSampler, step: int, micro: int) -> LowerBatch:
+        x0, captions = self.levels.get_lower_data(sampler.indices(step, micro))
+        batch = self.levels.lower_loss.make_batch(x0, captions, sampler.generator(step, micro))
         if batch.teacher_out is not None:
             self.budget.teacher_forward += 1
             self.budget.teacher_samples += sampler.batch_size
