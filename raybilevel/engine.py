@@ -58,6 +58,12 @@ def barrier() -> None:
         dist.barrier()
 
 
+# DeepSpeed's default buckets hold 5e8 elements (2 GB in fp32), allocated up front under ZeRO-3 even for a
+# model a thousand times smaller. 5e7 elements (200 MB) still fuse a Stable Diffusion UNet's gradients into
+# ~17 all-reduces.
+_BUCKETS = {"reduce_bucket_size": 5e7, "allgather_bucket_size": 5e7, "stage3_prefetch_bucket_size": 5e7}
+
+
 def deepspeed_config(cfg: EngineConfig, micro_batch: int) -> dict[str, Any]:
     config = {
         "train_micro_batch_size_per_gpu": micro_batch,
@@ -65,7 +71,7 @@ def deepspeed_config(cfg: EngineConfig, micro_batch: int) -> dict[str, Any]:
         "gradient_clipping": cfg.grad_clip,
         # memory_efficient_linear would make ZeRO-3 replace torch.nn.functional.linear for the whole process
         # and never restore it (a later torch.jit.save, e.g. of an FID network, then fails).
-        "zero_optimization": {"stage": cfg.zero_stage, "memory_efficient_linear": False, **_offload(cfg)},
+        "zero_optimization": {"stage": cfg.zero_stage, "memory_efficient_linear": False, **_BUCKETS, **_offload(cfg)},
         "bf16": {"enabled": cfg.precision == "bf16"},
         "torch_autocast": {"enabled": cfg.precision == "bf16_autocast", "dtype": "bfloat16"},
         "zero_allow_untested_optimizer": True,  # BilevelAdamW is a plain torch optimizer
