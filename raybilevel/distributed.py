@@ -8,6 +8,7 @@ TensorBoard, student/, metrics.json) is written by rank 0 and must be a folder e
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, Scalin
 from ray.train.torch import TorchTrainer
 
 from raybilevel.config import Config, RayConfig, config_from_dict
+from raybilevel.faults import crash_settings
 from raybilevel.train import RunHooks, train
 
 
@@ -53,6 +55,7 @@ def _report_eval(step: int, metrics: dict[str, Any]) -> None:
 def train_loop(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: resume from Ray's latest checkpoint, train, report the metrics."""
     cfg = config_from_dict(loop_config["config"])
+    os.environ.update(loop_config["crash"])  # empty unless a test injects a crash (faults.py)
     # Several processes share few cores: more threads than reserved CPUs made steps 60-300x slower.
     torch.set_num_threads(max(1, int(cfg.ray.cpus_per_worker)))
     with tempfile.TemporaryDirectory(prefix="raybilevel-ckpt-") as scratch, _latest_checkpoint() as resume_from:
@@ -72,7 +75,7 @@ def fit(cfg: Config, output: Path, *, name: str, storage_path: str, callbacks: S
     rerunning with the same name and storage resumes from the latest checkpoint."""
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"config": cfg.to_dict(), "output": str(Path(output).resolve())},
+        train_loop_config={"config": cfg.to_dict(), "output": str(Path(output).resolve()), "crash": crash_settings()},
         scaling_config=scaling_config(cfg.ray),
         run_config=RunConfig(name=name, storage_path=storage_path, callbacks=list(callbacks),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),

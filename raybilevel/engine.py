@@ -19,6 +19,7 @@ import torch
 from raybilevel.atomic import write_json_atomic
 from raybilevel.config import EngineConfig
 from raybilevel.errors import UserError
+from raybilevel.faults import crash_point
 from raybilevel.solvers.optim import BilevelAdamW
 
 
@@ -213,6 +214,7 @@ def save_checkpoint(root: Path, step: int, trainables: dict[str, DeepSpeedTraina
     try:
         for trainable in trainables.values():
             trainable.save(tmp)
+        crash_point("checkpoint")
         barrier()
         if dist_info.is_main:
             write_json_atomic(tmp / "state.json", state | {"step": step})

@@ -27,6 +27,7 @@ from raybilevel.engine import (DeepSpeedTrainable, DistInfo, barrier, checkpoint
                                init_distributed, load_checkpoint, save_checkpoint, save_rank_checkpoint)
 from raybilevel.errors import UserError
 from raybilevel.evaluate import evaluate, image_grid
+from raybilevel.faults import crash_point
 from raybilevel.export import export_pipeline
 from raybilevel.losses import FineTuneLoss
 from raybilevel.pruning import PRUNERS, Student, load_student, prune, save_student
@@ -167,8 +168,10 @@ def _resume(run: Run, hooks: RunHooks) -> int:
 
 def _log(run: Run, step: int, scalars: dict[str, float], hooks: RunHooks) -> None:
     if run.dist.is_main:
+        line = json.dumps({"step": step, **scalars}) + "\n"
         with open(run.output / "scalars.jsonl", "a") as f:
-            f.write(json.dumps({"step": step, **scalars}) + "\n")
+            crash_point("append", lambda: (f.write(line[: len(line) // 2]), f.flush()))
+            f.write(line)
         if (step + 1) % run.cfg.train.log_every == 0:
             for key, value in scalars.items():
                 run.writer.add_scalar(f"train/{key}", value, step)
@@ -280,6 +283,7 @@ def train(cfg: Config, output: Path, hooks: RunHooks | None = None) -> dict[str,
         began = time.perf_counter()
         scalars = run.solver.iteration(step)
         run.timings.append(time.perf_counter() - began)
+        crash_point("step")
         _log(run, step, scalars, hooks)
         done = step + 1
         if cfg.train.sample_every and done % cfg.train.sample_every == 0:

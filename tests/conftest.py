@@ -1,10 +1,8 @@
-"""Shared fixtures: tiny settings so a toy-world run takes seconds on one CPU thread."""
+"""Shared fixtures. Helpers live in helpers.py; every test gets its own RAYBILEVEL_CACHE and no test writes
+to the home folder."""
 from __future__ import annotations
 
-import json
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -14,39 +12,39 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-TINY = [
-    "train.steps=4", "solver.K=2", "solver.erase_fraction=0.5", "train.checkpoint_every=2",
-    "world.toy_images=128", "world.n_concept_images=8", "world.sampling_steps=2",
-    "lower.batch_size=8", "upper.batch_size=4", "eval.n_samples=8", "train.log_every=1", "solver.warmup_steps=1",
-]
+
+@pytest.fixture(scope="session", autouse=True)
+def no_writes_to_home(tmp_path_factory):
+    """Caches that libraries put under ~ (matplotlib's, Hugging Face's, XDG) go to a session folder."""
+    home = tmp_path_factory.mktemp("home")
+    saved = {k: os.environ.get(k) for k in ("XDG_CACHE_HOME", "MPLCONFIGDIR", "HF_HOME")}
+    os.environ.update(XDG_CACHE_HOME=str(home / "cache"), MPLCONFIGDIR=str(home / "matplotlib"), HF_HOME=str(home / "hf"))
+    yield home
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
-def read_scalars(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "scalars.jsonl").read_text().splitlines()]
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """raybilevel's cache (concept images, teacher baselines) is per test: no test sees another's files."""
+    monkeypatch.setenv("RAYBILEVEL_CACHE", str(tmp_path / "raybilevel-cache"))
+    return tmp_path / "raybilevel-cache"
 
 
-def assert_same_curve(resumed: list[dict], uninterrupted: list[dict], rel: float = 0.0) -> None:
-    """Same steps and keys; values equal exactly (rel=0) or within a relative tolerance."""
-    assert [sorted(r) for r in resumed] == [sorted(r) for r in uninterrupted]
-    for a, b in zip(resumed, uninterrupted):
-        for key, value in b.items():
-            assert a[key] == pytest.approx(value, rel=rel, abs=0), (a["step"], key)
+@pytest.fixture(scope="session")
+def two_nodes():
+    """A simulated cluster: a 0-CPU head and two 1-CPU nodes (~5-10 s to start), this process connected."""
+    import ray
+    from ray.cluster_utils import Cluster
 
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
 
-def committed_step(snapshot: Path) -> int:
-    """The step of Ray's latest committed checkpoint in a run's checkpoint_manager_snapshot.json (0 before
-    the first). A step_N folder appears as soon as one rank uploads; Ray commits it only once every rank
-    has reported it, so a kill must wait for this."""
-    try:
-        return json.loads(snapshot.read_text())["latest_checkpoint_result"]["metrics"]["step"]
-    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
-        return 0
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "raybilevel", *args]
-
-
-@pytest.fixture
-def tiny() -> list[str]:
-    return list(TINY)

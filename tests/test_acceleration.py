@@ -9,7 +9,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import TINY, read_scalars
+from helpers import TINY, read_scalars
 from raybilevel.acceleration import teacher_dtype
 from raybilevel.config import ConfigError, load_config
 from raybilevel.errors import UserError

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY
+from helpers import TINY
 from raybilevel.cli import main
 from raybilevel.worlds.tiny_sd import CONCEPT, build_tiny_sd_assets
 
@@ -157,8 +157,7 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_bad_input_exits_2_with_one_line_and_loses_nothing(case, assets, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("RAYBILEVEL_CACHE", str(tmp_path / "cache"))
+def test_bad_input_exits_2_with_one_line_and_loses_nothing(case, assets, tmp_path, capsys):
     argv = case.argv(tmp_path, assets)
     before = _files(tmp_path)
     assert main(argv) == 2

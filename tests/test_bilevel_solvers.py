@@ -130,7 +130,7 @@ def test_the_barrier_on_partitions_with_an_all_reduce_equals_the_whole_vector(tm
 # ---- on the toy world, through the real engine (one world shared by every run of this module)
 from dataclasses import asdict  # noqa: E402
 
-from conftest import TINY  # noqa: E402
+from helpers import TINY  # noqa: E402
 from raybilevel.config import load_config  # noqa: E402
 from raybilevel.solvers.compute import plan, steps_for_budget  # noqa: E402
 from raybilevel.train import build_run  # noqa: E402

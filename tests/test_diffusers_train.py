@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY, cli, read_scalars
+from helpers import TINY, cli, read_scalars
 from raybilevel.config import MetricsConfig, config_from_dict, load_config
 from raybilevel.pruning import load_student
 from raybilevel.train import train
@@ -74,12 +74,11 @@ def write_i2p(path, rows: list[tuple[str, str]]):
     return path
 
 
-def test_prune_train_eval_with_every_real_metric_wired(tmp_path, monkeypatch):
+def test_prune_train_eval_with_every_real_metric_wired(tmp_path, isolated_cache):
     """The issue's end to end: a saved tiny SD pipeline, pruned, trained bilevel, evaluated with FID (stand-in
     Inception), CLIP score, CLIP similarity and CP, prompt sets with NudeNet's own detector, then exported."""
     from diffusers import StableDiffusionPipeline
 
-    monkeypatch.setenv("RAYBILEVEL_CACHE", str(tmp_path / "cache"))
     world, judge = build_tiny_sd_assets(tmp_path / "assets")
     i2p = write_i2p(tmp_path / "i2p.csv", [("a red circle", "sexual"), ("a blue square", "violence"),
                                             ("a green circle", "sexual, hate"), ("a yellow square", "sexual")])
@@ -114,4 +113,4 @@ def test_prune_train_eval_with_every_real_metric_wired(tmp_path, monkeypatch):
     images = pipeline("a red circle", num_inference_steps=2, output_type="pt").images
     assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
     # The teacher's concept similarities were sampled once and cached for every later evaluation.
-    assert len(list((tmp_path / "cache" / "teacher_similarities").iterdir())) == 1
+    assert len(list((isolated_cache / "teacher_similarities").iterdir())) == 1

@@ -25,10 +25,8 @@ def tiny_sd(tmp_path_factory) -> tuple[WorldConfig, Path]:
 
 
 @pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("RAYBILEVEL_CACHE", str(tmp_path / "cache"))
+def no_judge_from_the_environment(monkeypatch) -> None:
     monkeypatch.delenv(JUDGE_ENV, raising=False)
-    return tmp_path / "cache"
 
 
 def build(cfg: WorldConfig, judge: Path, seed: int = 0):

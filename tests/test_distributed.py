@@ -12,11 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, assert_same_curve, read_scalars
+from helpers import TINY, assert_same_curve, read_scalars
 from raybilevel.config import load_config
 from raybilevel.errors import UserError
 from raybilevel.pruning import load_student
 from raybilevel.train import train
+
+# ZeRO 1-3 vs stage 0 on 2 ranks, fp32: worst relative difference of any logged value, measured 1.1e-6
+ACROSS_STAGES_REL = 1e-5
 
 
 @pytest.mark.parametrize("stage, precision, solver", [
@@ -69,8 +72,8 @@ def test_two_processes_zero_0_to_3_and_resume(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     worker = Path(__file__).parent / "dist_worker.py"
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29631",
-         str(worker), str(tmp_path), "penalty", "0", "1", "2", "3", "0:bome", "2:bome", "3:bome"],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(worker), str(tmp_path), "penalty", "0", "1", "2", "3", "0:bome", "2:bome", "3:bome", "0:distill_only"],
         capture_output=True, text=True, timeout=1200, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     for stage in range(4):
@@ -87,6 +90,20 @@ def test_two_processes_zero_0_to_3_and_resume(tmp_path):
     bome = read_scalars(tmp_path / "stage_0_bome")
     for stage in (2, 3):
         assert_same_curve(read_scalars(tmp_path / f"stage_{stage}_bome"), bome, rel=1e-4)
+    # Every stage's curve is stage 0's: ZeRO changes where the optimizer state lives and how gradients are
+    # reduced (bucketed, partitioned), not the update, up to float rounding of the reductions.
+    for stage in (1, 2, 3):
+        assert_same_curve(read_scalars(tmp_path / f"stage_{stage}"), read_scalars(tmp_path / "stage_0"), rel=ACROSS_STAGES_REL)
+    # 2 ranks are one process accumulating 2 micro-batches of the same global batch (same samples, same
+    # noise): bit for bit the same weights at the end (measured; a sum of two addends does not depend on their
+    # order). Logged losses differ: each rank logs its own half.
+    one_process = tmp_path / "one_process"
+    train(load_config(None, TINY + ["solver.name=distill_only", "eval.enabled=false", "deterministic=true",
+                                    "engine.grad_accum=2"]), one_process)
+    two_ranks = load_student(tmp_path / "stage_0_distill_only" / "student").model.state_dict()
+    for name, tensor in load_student(one_process / "student").model.state_dict().items():
+        assert torch.equal(two_ranks[name], tensor), name
     # across 2 ranks the gradient all-reduce can round differently after a reload (seen: 1.6e-7 relative)
-    assert_same_curve(read_scalars(tmp_path / "resumed"), read_scalars(tmp_path / "stage_2"), rel=1e-6)
-    assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["resumed_from"] == 2
+    for stage in (2, 3):
+        assert_same_curve(read_scalars(tmp_path / f"resumed_{stage}"), read_scalars(tmp_path / f"stage_{stage}"), rel=1e-6)
+        assert json.loads((tmp_path / f"resumed_{stage}" / "metrics.json").read_text())["resumed_from"] == 2

@@ -11,7 +11,7 @@ import torch
 import yaml
 from diffusers import StableDiffusionPipeline
 
-from conftest import cli
+from helpers import cli
 from raybilevel.export import export_pipeline, plain_unet
 from raybilevel.pruning import prune, save_student
 from raybilevel.worlds.diffusers_world import load_teacher

@@ -114,8 +114,7 @@ def test_a_streamed_dataset_encodes_the_same_rows_once_in_order(tiny_sd, vae, tm
     assert pixels.shape == (2, 3, 16, 16) and pixels.abs().max() <= 1
 
 
-def test_a_streamed_dataset_naming_the_concept_is_refused_after_reading_it(tiny_sd, tmp_path, monkeypatch):
-    monkeypatch.setenv("RAYBILEVEL_CACHE", str(tmp_path / "cache"))
+def test_a_streamed_dataset_naming_the_concept_is_refused_after_reading_it(tiny_sd, tmp_path):
     cfg, judge = tiny_sd
     folder = parquet_dataset(tiny_sd, tmp_path / "stream", captions={4: f"a red circle, {CONCEPT}"})
     world = replace(cfg, dataset=replace(cfg.dataset, kind="hf", path=str(folder), streaming=True))

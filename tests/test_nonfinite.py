@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import TINY, read_scalars
+from helpers import TINY, read_scalars
 from raybilevel.config import load_config
 from raybilevel.report import analyse
 from raybilevel.errors import NonFiniteLossError

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import cli
+from helpers import cli
 from raybilevel import pareto
 from raybilevel.report import SAMPLES_TAG, write_hparams, write_report
 from raybilevel.search_space import GridSpec, SearchSpace

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli
+from helpers import cli
 from raybilevel.config import EvalConfig, WorldConfig
 from raybilevel.evaluate import evaluate
 from raybilevel.worlds.toy import data

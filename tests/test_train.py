@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import TINY, cli, read_scalars
+from helpers import TINY, cli, read_scalars
 from raybilevel.config import load_config
 from raybilevel.errors import UserError
 from raybilevel.pruning import load_student

@@ -12,7 +12,7 @@ import optuna
 import pytest
 import yaml
 
-from conftest import cli, committed_step
+from helpers import cli, committed_step
 from raybilevel.cli import main
 from raybilevel.config import load_config
 from raybilevel.errors import UserError

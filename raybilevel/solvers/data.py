@@ -33,4 +33,6 @@ class EpochSampler:
         return [int(self._order(i // self.n)[i % self.n]) for i in range(start, start + self.batch_size)]
 
     def generator(self, step: int, micro: int) -> torch.Generator:
-        return stream_generator(self.seed, self.stream + ".noise", step, micro, self.rank)
+        # keyed by the slice of the step's global batch, not by (micro, rank): 2 ranks and 1 process
+        # accumulating 2 micro-batches draw the same noise for the same samples
+        return stream_generator(self.seed, self.stream + ".noise", step, micro * self.world_size + self.rank, 0)
