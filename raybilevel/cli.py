@@ -20,10 +20,12 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, prompt_files: bool = True):
     from raybilevel.config import dump_config, load_config
 
     cfg = load_config(args.config, args.overrides)
+    if prompt_files:  # before the heavy imports: a wrong path should not wait for torch and the models
+        cfg.world.check_prompt_files()
     if args.dry_run:
         from raybilevel.train import check_names
 
@@ -87,7 +89,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = _load(args, prompt_files=False)  # export reads only world.pretrained
     if args.dry_run:
         return 0
     if cfg.world.kind != "diffusers":

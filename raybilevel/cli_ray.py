@@ -10,9 +10,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     space, sweep = prepare(Path(args.output), args.space, trials=args.trials, overrides=args.overrides,
                            resume=args.resume, check_output=not args.dry_run)
+    space.check_files()  # before any trial: a missing prompt file would otherwise fail each one
     if args.dry_run:
         print(space.plan())
         return 0
+    # first and on its own line: Ray later prints a tensorboard command for its temporary folder, not this one
+    print(f"TensorBoard for this sweep's trials: tensorboard --logdir {sweep.trials_dir}", flush=True)
     with connected(args.address, args.dashboard_host) as dashboard:
         if dashboard:
             print(f"Ray dashboard: http://{dashboard}", flush=True)

@@ -155,6 +155,18 @@ class WorldConfig:
         self.dataset.validate(f"{path}.dataset")
         self.metrics.validate(f"{path}.metrics")
 
+    def check_prompt_files(self) -> None:
+        """The prompt files a diffusers world reads exist. Not part of validate(): configs are also loaded where
+        they are not read (export) or not yet resolved (a search space's paths, relative to its file or on a
+        cluster). train, prune and eval check them before their heavy imports, tune once it resolved the
+        space's paths; --dry-run as the real run."""
+        if self.kind != "diffusers":
+            return
+        files = [("concept_prompts", self.concept_prompts)] + [("metrics.prompt_sets", f) for f in self.metrics.prompt_sets]
+        for key, file in files:
+            _check(Path(file).is_file() and Path(file).suffix in (".txt", ".csv"), f"world.{key}",
+                   f"no .txt or .csv file at {file}; fix the path, or give a .txt (one prompt per line) or .csv of prompts")
+
 
 @dataclass
 class PruningConfig:
@@ -544,7 +556,7 @@ def set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
-        raise ConfigError(text, "overrides look like key.path=value, e.g. --set solver.K=5")
+        raise ConfigError(f"--set {text}", "an override needs a value: key.path=value, e.g. --set solver.K=5")
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""

@@ -127,7 +127,8 @@ def _weights_only_checkpoint_engine(config):
 
 
 def _first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
+    # the first sentence: PyTorch's zip errors go on for 300 characters of internals
+    return str(error).strip().splitlines()[0].split(". ")[0][:120] if str(error).strip() else type(error).__name__
 
 
 def _corrupt(path: str, error: BaseException) -> UserError:

@@ -3,8 +3,9 @@
 `write_report(DIR)` rebuilds every file from the trial records and run directories in DIR (no Ray needed),
 so the sweep calls it after each finished trial and `raybilevel report DIR` can call it at any time.
 Files: pareto.csv / pareto.json (the front, the reference point, the hypervolume), pareto.png, trials.csv,
-hypervolume.csv (after each finished trial), curves.png (objectives over training steps), ablation.csv
-(grids: mean and spread per cell over seeds) and report.html (all of it, PNGs embedded).
+hypervolume.csv / hypervolume.png (after each finished trial), curves.png (objectives over training steps),
+importance.csv (searches: each parameter's importance per objective, importance.py), ablation.csv (grids:
+mean and spread per cell over seeds) and report.html (all of it, PNGs embedded).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import io
 import json
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from raybilevel import pareto
 from raybilevel.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+from raybilevel.importance import importances
 from raybilevel.search_space import SearchSpace, load_space
 from raybilevel.trials import SweepDir, TrialRecord
 
@@ -39,6 +41,7 @@ class Report:
     front: list[TrialRecord]  # non-dominated valid trials, sorted by the first objective
     hypervolume: float
     history: list[tuple[int, str, float]]  # (trials finished, the trial that just finished, hypervolume)
+    importance: list[dict[str, Any]] = field(default_factory=list)  # (objective, param, importance) rows
 
     @property
     def objectives(self) -> list[str]:
@@ -79,7 +82,10 @@ def write_report(root: Path) -> Report:
     sweep = SweepDir(Path(root))
     report = analyse(sweep)
     _write_tables(report, sweep.root)
-    figures = {"pareto": _plot_front(report), "curves": _plot_curves(report)}
+    if sweep.optuna_db.is_file() and not report.space.grid:
+        report.importance = importances(sweep.optuna_url, report.space.name, report.objectives)
+        _write_csv(sweep.root / "importance.csv", report.importance, ["objective", "param", "importance"])
+    figures = {"pareto": _plot_front(report), "curves": _plot_curves(report), "hypervolume": _plot_hypervolume(report)}
     for name, png in figures.items():
         if png:
             write_bytes_atomic(sweep.root / f"{name}.png", png)
@@ -208,6 +214,18 @@ def _plot_front(report: Report) -> bytes | None:
     return _figure_png(fig)
 
 
+def _plot_hypervolume(report: Report) -> bytes | None:
+    if not report.history:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    counts, _, volumes = zip(*report.history)
+    ax.step(counts, volumes, where="post", marker="o", color="black")
+    ax.set_xlabel("trials finished")
+    ax.set_ylabel("hypervolume (higher is better)")
+    ax.set_title(f"reference point {report.reference}", fontsize=10)
+    return _figure_png(fig)
+
+
 def _eval_curve(record: TrialRecord, metric: str) -> list[tuple[int, float]]:
     path = record.run_dir / "evals.jsonl"
     if not path.exists():
@@ -263,9 +281,10 @@ def sample_grid_png(run_dir: Path) -> bytes | None:
 
 
 # ---------------------------------------------------------------------------------------------- HTML
-def _img(png: bytes | None, alt: str, css: str = "figure") -> str:
+def _img(png: bytes | None, alt: str, missing: str, css: str = "figure") -> str:
+    """The PNG inline with its alt text, or `missing` (why there is none) in its place."""
     if not png:
-        return f"<em>no {html.escape(alt)}</em>"
+        return f"<em>{html.escape(missing)}</em>"
     return f'<img class="{css}" alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
@@ -284,13 +303,13 @@ def _table(rows: list[dict[str, Any]], columns: list[str], raw: tuple[str, ...] 
 def _html(report: Report, figures: dict[str, bytes | None]) -> str:
     space, objectives = report.space, report.objectives
     params = _param_keys(report.records)
-    front_rows = [_trial_row(report, r) | {"samples": _img(sample_grid_png(r.run_dir), "sample grid", css="samples")} for r in report.front]
+    front_rows = [_trial_row(report, r) | {"samples": _img(sample_grid_png(r.run_dir), "sample grid", "no sample grid (set train.sample_every)", css="samples")} for r in report.front]
     sections = [
         f"<h1>Sweep {html.escape(space.name)}</h1><p>{html.escape(space.description)}</p>",
         f"<p>{len(report.records)} trials ({sum(r.valid(objectives) for r in report.records)} with finite objectives); "
         f"objectives {', '.join(f'{n} ({m})' for n, m in space.objectives.items())}; hypervolume "
         f"<b>{report.hypervolume:.6g}</b> against the reference point {html.escape(json.dumps(space.reference_point))}.</p>",
-        _img(figures["pareto"], "Pareto plot (no trial with finite objectives yet)"),
+        _img(figures["pareto"], "Pareto plot", "no Pareto plot: no trial with finite objectives yet"),
         "<h2>Pareto front</h2><p>Sample grids: concept prompts, then unrelated prompts.</p>",
         _table(front_rows, ["trial_id", "solver", *objectives, *params, "samples"], raw=("samples",)),
     ]
@@ -298,8 +317,18 @@ def _html(report: Report, figures: dict[str, bytes | None]) -> str:
         rows = [row | {n: _mean_spread(row, n) for n in objectives} for row in ablation_rows(report)]
         sections += ["<h2>Ablation (mean &plusmn; sample std over seeds)</h2>",
                      _table(rows, [*space.grid.factors, "n", *objectives])]
-    sections += ["<h2>Convergence</h2>", _img(figures["curves"], "evaluations during training (set train.eval_every)"),
+    if report.importance:
+        by_param: dict[str, dict[str, Any]] = {}
+        for row in report.importance:
+            by_param.setdefault(row["param"], {"param": row["param"]})[row["objective"]] = row["importance"]
+        sections += ["<h2>Parameter importance per objective</h2><p>Optuna's importance (PED-ANOVA) with one target "
+                     "per objective; conditional parameters rest on the few trials that have them.</p>",
+                     _table(sorted(by_param.values(), key=lambda r: -max(r.get(n, 0.0) for n in objectives)),
+                            ["param", *objectives])]
+    sections += ["<h2>Convergence</h2>",
+                 _img(figures["curves"], "objectives against training steps", "no evaluations during training (set train.eval_every)"),
                  "<h2>Hypervolume after each finished trial</h2>",
+                 _img(figures["hypervolume"], "hypervolume after each finished trial", "no finished trial yet"),
                  _table([dict(zip(("finished", "trial_id", "hypervolume"), row)) for row in report.history],
                         ["finished", "trial_id", "hypervolume"]),
                  "<h2>All trials</h2>",

@@ -215,6 +215,15 @@ class SearchSpace:
                         else f", {base.train.steps} steps") + f", world {base.world.kind}")
         return "\n".join(lines)
 
+    def check_files(self) -> None:
+        """The prompt files every trial reads exist: called once tune.prepare resolved the space's paths, as
+        load_space cannot (shipped spaces name files relative to themselves, or on a cluster)."""
+        for example in _examples(self):
+            try:
+                self.trial_config(example).world.check_prompt_files()
+            except UserError as error:
+                raise SpaceError(self.name, str(error)) from None
+
     def example_params(self) -> dict[str, Any]:
         """Tune params of one trial (the first grid cell; a search's base config)."""
         if self.grid:
@@ -312,12 +321,13 @@ def _check_read_by(space: SearchSpace) -> None:
         if not found:
             continue
         picker, readers = found[0]
-        if picker in spec.when:
-            possible = set(spec.when[picker])
-        elif picker in space.params:
-            possible = set(space.params[picker].options())
-        else:
-            possible = {defaults[picker]}
-        ignored = sorted(possible - readers)
+        if picker not in space.params:  # fixed in base (or by --set): every trial runs the same method
+            _require(defaults[picker] in readers, f"params.{key}", f"{picker} is {defaults[picker]!r} in every trial, which "
+                     f"ignores {key}; drop {key} from params, or set {picker} to {' or '.join(sorted(readers))}")
+            continue
+        values = set(space.params[picker].options())
+        _require(bool(values & readers), f"params.{key}", f"no value of {picker} ({', '.join(sorted(values))}) reads "
+                 f"{key}; drop {key} from params, or add {' or '.join(sorted(readers))} to {picker}'s values")
+        ignored = sorted(set(spec.when.get(picker, values)) - readers)
         _require(not ignored, f"params.{key}", f"{picker} {ignored} ignore {key}; add "
-                 f"`when: {{{picker}: [{', '.join(sorted(readers & possible) or sorted(readers))}]}}`")
+                 f"`when: {{{picker}: [{', '.join(sorted(readers & values))}]}}`")

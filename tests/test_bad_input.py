@@ -6,6 +6,8 @@ import dataclasses
 import errno
 import json
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,7 +27,12 @@ TRAIN = ["--set", "eval.enabled=false"] + sum((["--set", s] for s in TINY), [])
 class Case:
     name: str
     argv: Callable[[Path, dict], list[str]]  # (tmp_path, prepared assets) -> CLI arguments
-    expect: str  # a piece of the one-line message
+    # The whole `raybilevel: ...` line; "{tmp}" stands for the test's tmp_path (str.replace, not format:
+    # messages hold braces of their own).
+    expect: str
+
+    def line(self, tmp: Path) -> str:
+        return self.expect.replace("{tmp}", str(tmp))
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +49,7 @@ def assets(tmp_path_factory) -> dict:
 
 def _yaml(tmp: Path, name: str, payload) -> str:
     path = tmp / name
-    path.write_text(payload if isinstance(payload, str) else yaml.safe_dump(payload))
+    path.write_text(payload if isinstance(payload, str) else yaml.safe_dump(payload, sort_keys=False))  # params in order
     return str(path)
 
 
@@ -102,50 +109,147 @@ def _sweep_dir(tmp: Path) -> Path:
 
 SPACE = {"name": "s", "params": {"lower.lr": {"type": "float", "low": 1e-4, "high": 1e-3}},
          "reference_point": {"quality": 1e4, "concept_rate": 1.0}}
+LAM = {"type": "float", "low": 1.0, "high": 100.0}
+E = "raybilevel: error: "
+
+
+def _tune(tmp: Path, space: dict, *args: str) -> list[str]:
+    return ["tune", "--space", _yaml(tmp, "s.yaml", space), *args]
+
+
+def _solver_space(solvers: list[str] | None, **lam) -> dict:
+    """SPACE searching solver.lam (read by penalty only), with solver.name searched over `solvers` (None: fixed)."""
+    params = {"solver.name": {"type": "choice", "values": solvers}} if solvers else {}
+    return SPACE | {"params": params | {"solver.lam": LAM | lam}}
+
+
+def _sd_space(tmp: Path, assets: dict) -> dict:
+    """SPACE on the tiny SD world, evaluated on a prompt set that does not exist."""
+    world = assets["sd"] | {"metrics": assets["sd"]["metrics"] | {"prompt_sets": [str(tmp / "i2p.csv")]}}
+    return SPACE | {"base": {"world": world}}
+
+
+NO_PROMPTS = "no .txt or .csv file at {tmp}/%s; fix the path, or give a .txt (one prompt per line) or .csv of prompts"
+LAM_FIXED = (E + "search space s.yaml: config error at 'params.solver.lam': solver.name is 'alternating' in every "
+             "trial, which ignores solver.lam; drop solver.lam from params, or set solver.name to penalty")
+LAM_WHEN = (E + "search space s.yaml: config error at 'params.solver.lam': solver.name ['alternating'] ignore "
+            "solver.lam; add `when: {solver.name: [penalty]}`")
+CONCEPTS = "circle, square, triangle, cross, red, green, blue, yellow, plain, striped, outline"
 
 CASES = [
     # config files and --set
-    Case("malformed yaml", lambda t, a: ["train", "--config", _yaml(t, "c.yaml", "solver: [1, 2\n"), "--output", str(t / "o")], "line"),
-    Case("unknown section", lambda t, a: ["train", "--config", _yaml(t, "c.yaml", {"solverr": {"K": 2}}), "--output", str(t / "o")], "solverr"),
-    Case("unknown key", lambda t, a: ["train", "--set", "solver.KK=3", "--output", str(t / "o")], "solver.KK"),
-    Case("override without =", lambda t, a: ["train", "--set", "solver.K", "--output", str(t / "o")], "key.path=value"),
-    Case("wrong type", lambda t, a: ["train", "--set", "train.steps=abc", "--output", str(t / "o")], "train.steps"),
-    Case("missing config file", lambda t, a: ["train", "--config", str(t / "nope.yaml"), "--output", str(t / "o")], "nope.yaml"),
-    Case("unknown solver", lambda t, a: ["train", "--set", "solver.name=bogus", "--output", str(t / "o")], "solver.name"),
-    Case("unknown pruning", lambda t, a: ["train", "--set", "pruning.method=bogus", "--output", str(t / "o")], "pruning.method"),
-    Case("unknown unlearning", lambda t, a: ["train", "--set", "upper.method=bogus", "--output", str(t / "o")], "upper.method"),
-    Case("sparsity >= 1", lambda t, a: ["train", "--set", "pruning.sparsity=1.0", "--output", str(t / "o")], "pruning.sparsity"),
-    Case("negative lambda", lambda t, a: ["train", "--set", "solver.lam=-1", "--output", str(t / "o")], "solver.lam"),
-    Case("K = 0", lambda t, a: ["train", "--set", "solver.K=0", "--output", str(t / "o")], "solver.K"),
-    Case("batch size 0", lambda t, a: ["train", "--set", "lower.batch_size=0", "--output", str(t / "o")], "lower.batch_size"),
-    Case("ZeRO stage 4", lambda t, a: ["train", "--set", "engine.zero_stage=4", "--output", str(t / "o")], "engine.zero_stage"),
-    Case("unknown NaN policy", lambda t, a: ["train", "--set", "train.on_nonfinite=ignore", "--output", str(t / "o")], "train.on_nonfinite"),
-    Case("unknown toy concept", lambda t, a: ["train", "--set", "world.concept=dragon", "--output", str(t / "o"), *TRAIN], "dragon"),
-    Case("unknown toy concept, dry run", lambda t, a: ["train", "--set", "world.concept=dragon", "--dry-run"], "world.concept"),
-    Case("zero trials, dry run", lambda t, a: ["tune", "--trials", "0", "--dry-run", "--output", str(t / "z")], "--trials 0"),
+    Case("malformed yaml", lambda t, a: ["train", "--config", _yaml(t, "c.yaml", "solver: [1, 2\n"), "--output", str(t / "o")],
+         E + "config error at '{tmp}/c.yaml': malformed YAML (line 2); fix the syntax"),
+    Case("unknown section", lambda t, a: ["train", "--config", _yaml(t, "c.yaml", {"solverr": {"K": 2}}), "--output", str(t / "o")],
+         E + "config error at 'solverr': unknown key; did you mean 'solver'?"),
+    Case("unknown key", lambda t, a: ["train", "--set", "solver.KK=3", "--output", str(t / "o")],
+         E + "config error at 'solver.KK': unknown key; did you mean 'K'?"),
+    Case("override without =", lambda t, a: ["train", "--set", "solver.K", "--output", str(t / "o")],
+         E + "config error at '--set solver.K': an override needs a value: key.path=value, e.g. --set solver.K=5"),
+    Case("wrong type", lambda t, a: ["train", "--set", "train.steps=abc", "--output", str(t / "o")],
+         E + "config error at 'train.steps': expected an integer, got 'abc'"),
+    Case("missing config file", lambda t, a: ["train", "--config", str(t / "nope.yaml"), "--output", str(t / "o")],
+         E + "config error at '--config': no file at {tmp}/nope.yaml; pass an existing YAML file"),
+    Case("unknown solver", lambda t, a: ["train", "--set", "solver.name=bogus", "--output", str(t / "o")],
+         E + "config error at 'solver.name': unknown solver 'bogus'; choose one of: adaptive, alternating, bome, "
+             "distill_only, joint, penalty, two_stage"),
+    Case("unknown pruning", lambda t, a: ["train", "--set", "pruning.method=bogus", "--output", str(t / "o")],
+         E + "config error at 'pruning.method': unknown pruning method 'bogus'; choose one of: blocks, channels, load, "
+             "magnitude, none"),
+    Case("unknown unlearning", lambda t, a: ["train", "--set", "upper.method=bogus", "--output", str(t / "o")],
+         E + "config error at 'upper.method': unknown unlearning method 'bogus'; choose one of: ablation, esd, esd_u, esd_x"),
+    Case("sparsity >= 1", lambda t, a: ["train", "--set", "pruning.sparsity=1.0", "--output", str(t / "o")],
+         E + "config error at 'pruning.sparsity': 1.0 is out of range; use 0 <= sparsity < 1"),
+    Case("negative lambda", lambda t, a: ["train", "--set", "solver.lam=-1", "--output", str(t / "o")],
+         E + "config error at 'solver.lam': lam=-1.0 is negative; use lam >= 0"),
+    Case("K = 0", lambda t, a: ["train", "--set", "solver.K=0", "--output", str(t / "o")],
+         E + "config error at 'solver.K': K=0 is invalid; use an integer >= 1"),
+    Case("batch size 0", lambda t, a: ["train", "--set", "lower.batch_size=0", "--output", str(t / "o")],
+         E + "config error at 'lower.batch_size': must be >= 1"),
+    Case("ZeRO stage 4", lambda t, a: ["train", "--set", "engine.zero_stage=4", "--output", str(t / "o")],
+         E + "config error at 'engine.zero_stage': 4 is not a ZeRO stage; use 0, 1, 2 or 3"),
+    Case("unknown NaN policy", lambda t, a: ["train", "--set", "train.on_nonfinite=ignore", "--output", str(t / "o")],
+         E + "config error at 'train.on_nonfinite': 'ignore': use stop or skip"),
+    Case("unknown toy concept", lambda t, a: ["train", "--set", "world.concept=dragon", "--output", str(t / "o"), *TRAIN],
+         E + f"world.concept: unknown toy concept 'dragon'; choose one of: {CONCEPTS}"),
+    Case("unknown toy concept, dry run", lambda t, a: ["train", "--set", "world.concept=dragon", "--dry-run"],
+         E + f"world.concept: unknown toy concept 'dragon'; choose one of: {CONCEPTS}"),
+    Case("zero trials, dry run", lambda t, a: ["tune", "--trials", "0", "--dry-run", "--output", str(t / "z")],
+         E + "--trials 0: a sweep needs at least 1 trial"),
     # models and data
-    Case("missing model path", lambda t, a: _sd_world(t, a) + ["--set", f"world.pretrained={t / 'nope'}"], "world.pretrained"),
-    Case("missing dataset", lambda t, a: _sd_world(t, a, path=str(t / "nodata")), "nodata"),
-    Case("empty dataset", lambda t, a: _sd_data(t, a, lambda rows: []), "no rows"),
-    Case("concept in fine-tuning data", lambda t, a: _sd_data(t, a, _with_concept), "contains the concept"),
-    Case("missing student", lambda t, a: ["eval", "--student", str(t / "nostudent"), "--output", str(t / "m.json")], "nostudent"),
+    Case("missing model path", lambda t, a: _sd_world(t, a) + ["--set", f"world.pretrained={t / 'nope'}"],
+         E + "config error at 'world.pretrained': no folder at {tmp}/nope; give an SD 1.x/2.x pipeline folder or hub id"),
+    Case("missing dataset", lambda t, a: _sd_world(t, a, path=str(t / "nodata")),
+         E + "config error at 'world.dataset.path': no metadata.jsonl in {tmp}/nodata or {tmp}/nodata/train; write one "
+             "JSON row per image with 'file_name' and 'text'"),
+    Case("empty dataset", lambda t, a: _sd_data(t, a, lambda rows: []),
+         E + "config error at 'world.dataset.path': the imagefolder dataset at {tmp}/data has no rows; point "
+             "world.dataset.path at images with captions"),
+    Case("concept in fine-tuning data", lambda t, a: _sd_data(t, a, _with_concept),
+         E + f"the fine-tuning data contains the concept {CONCEPT!r} in 1 captions (e.g. 'a house, {CONCEPT} style'); "
+             "filter those rows out of world.dataset"),
+    Case("unknown prompt file", lambda t, a: _sd_world(t, a) + ["--set", f"world.concept_prompts={t / 'nope.csv'}"],
+         E + "config error at 'world.concept_prompts': " + NO_PROMPTS % "nope.csv"),
+    Case("unknown prompt file, dry run", lambda t, a: _sd_world(t, a) + ["--set", f"world.concept_prompts={t / 'nope.csv'}",
+                                                                         "--dry-run"],
+         E + "config error at 'world.concept_prompts': " + NO_PROMPTS % "nope.csv"),
+    Case("missing student", lambda t, a: ["eval", "--student", str(t / "nostudent"), "--output", str(t / "m.json")],
+         E + "cannot load a student from {tmp}/nostudent (FileNotFoundError: [Errno 2] No such file or directory: "
+             "'{tmp}/nostudent/student.json'); re-create it with save_student (raybilevel prune)"),
     # runs and checkpoints
-    Case("output of another run", lambda t, a: [*_resume(_copy_run(t, a)), "--set", "solver.K=3"], "holds another run"),
-    Case("truncated checkpoint", _truncated_checkpoint, "truncated or corrupt"),
-    Case("checkpoint of another architecture", _other_arch_checkpoint, "another model"),
+    Case("output of another run", lambda t, a: [*_resume(_copy_run(t, a)), "--set", "solver.K=3"],
+         E + "--output {tmp}/run holds another run (solver.K: 2 there, 3 now); choose a new directory or rerun with the "
+             "same config to resume"),
+    Case("truncated checkpoint", _truncated_checkpoint,
+         E + "checkpoint file {tmp}/run/checkpoints/step_00000002/theta/mp_rank_00_model_states.pt is truncated or corrupt "
+             "(PytorchStreamReader failed reading zip archive: failed finding central directory); delete its step_* "
+             "folder to resume from the checkpoint before it"),
+    Case("checkpoint of another architecture", _other_arch_checkpoint,
+         E + "checkpoint {tmp}/run/checkpoints/step_00000002 holds another model than this config builds ('theta': size "
+             "mismatch for down_blocks.0.resnets.0.conv1.weight: copying a param with shape torch.Size([16, 32, 3, 3]) "
+             "from checkpoint, the shape in current model is torch.Size([24, 32, 3, 3]).); resume it with the config "
+             "that wrote it, or train into a new --output"),
     # sweeps
-    Case("malformed space", lambda t, a: ["tune", "--space", _yaml(t, "s.yaml", "params: {a: [\n"), "--dry-run"], "line"),
-    Case("unknown key in space", lambda t, a: ["tune", "--space", _yaml(t, "s.yaml", SPACE | {"params": {"lower.lrr": SPACE["params"]["lower.lr"]}}),
-                                               "--dry-run"], "lower.lrr"),
-    Case("trials on a grid", lambda t, a: ["tune", "--space", "toy_baselines", "--trials", "3", "--output", str(t / "g")], "--trials"),
-    Case("non-empty sweep output", lambda t, a: ["tune", "--space", _yaml(t, "s.yaml", SPACE), "--output", str(_sweep_dir(t))], "not empty"),
-    Case("resume without a sweep", lambda t, a: ["tune", "--resume", "--output", str(_sweep_dir(t))], "holds no sweep"),
-    Case("report of a non-sweep", lambda t, a: ["report", str(_sweep_dir(t))], "holds no sweep"),
-    Case("unreachable Ray address", lambda t, a: ["tune", "--space", _yaml(t, "s.yaml", SPACE), "--output", str(t / "w"),
-                                                  "--address", "127.0.0.1:1"], "no Ray head answers"),
-    Case("dashboard URL as Ray address", lambda t, a: ["tune", "--space", _yaml(t, "s.yaml", SPACE), "--output", str(t / "w"),
-                                                       "--address", "http://127.0.0.1:8265"], "GCS address"),
+    Case("malformed space", lambda t, a: ["tune", "--space", _yaml(t, "s.yaml", "params: {a: [\n"), "--dry-run"],
+         E + "search space s.yaml: malformed YAML (line 2); fix the syntax"),
+    Case("unknown key in space", lambda t, a: _tune(t, SPACE | {"params": {"lower.lrr": SPACE["params"]["lower.lr"]}}, "--dry-run"),
+         E + "search space s.yaml: config error at 'lower.lrr': unknown key; did you mean 'lr'?"),
+    Case("unknown prompt set in space", lambda t, a: _tune(t, _sd_space(t, a), "--output", str(t / "w")),
+         E + "search space s: config error at 'world.metrics.prompt_sets': " + NO_PROMPTS % "i2p.csv"),
+    Case("unknown prompt set in space, dry run", lambda t, a: _tune(t, _sd_space(t, a), "--dry-run"),
+         E + "search space s: config error at 'world.metrics.prompt_sets': " + NO_PROMPTS % "i2p.csv"),
+    Case("key of a solver the space never runs", lambda t, a: _tune(t, _solver_space(None), "--output", str(t / "w")), LAM_FIXED),
+    Case("key of a solver the space never runs, dry run", lambda t, a: _tune(t, _solver_space(None), "--dry-run"), LAM_FIXED),
+    Case("when naming only solvers that ignore the key",
+         lambda t, a: _tune(t, _solver_space(["alternating", "penalty"], when={"solver.name": ["alternating"]}),
+                            "--output", str(t / "w")), LAM_WHEN),
+    Case("when naming only solvers that ignore the key, dry run",
+         lambda t, a: _tune(t, _solver_space(["alternating", "penalty"], when={"solver.name": ["alternating"]}),
+                            "--dry-run"), LAM_WHEN),
+    Case("key no searched solver reads, dry run", lambda t, a: _tune(t, _solver_space(["alternating", "bome"]), "--dry-run"),
+         E + "search space s.yaml: config error at 'params.solver.lam': no value of solver.name (alternating, bome) reads "
+             "solver.lam; drop solver.lam from params, or add penalty to solver.name's values"),
+    Case("trials on a grid", lambda t, a: ["tune", "--space", "toy_baselines", "--trials", "3", "--output", str(t / "g")],
+         E + "--trials: toy_baselines is an ablation grid; it runs every cell once per seed"),
+    Case("non-empty sweep output", lambda t, a: _tune(t, SPACE, "--output", str(_sweep_dir(t))),
+         E + "--output {tmp}/sweep is not empty; pass --resume to continue the sweep there, or choose a new directory"),
+    Case("resume without a sweep", lambda t, a: ["tune", "--resume", "--output", str(_sweep_dir(t))],
+         E + "--resume: {tmp}/sweep holds no sweep (no space.yaml); run without --resume to start one"),
+    Case("report of a non-sweep", lambda t, a: ["report", str(_sweep_dir(t))],
+         E + "{tmp}/sweep holds no sweep (no space.yaml); pass the --output of `raybilevel tune`"),
+    Case("unreachable Ray address", lambda t, a: _tune(t, SPACE, "--output", str(t / "w"), "--address", "127.0.0.1:1"),
+         E + "--address 127.0.0.1:1: no Ray head answers there (Connection refused); start one with `ray start --head`, "
+             "or check the host, port and firewall"),
+    Case("dashboard URL as Ray address", lambda t, a: _tune(t, SPACE, "--output", str(t / "w"), "--address", "http://127.0.0.1:8265"),
+         E + "--address http://127.0.0.1:8265: give the head's GCS address host:6379 (or ray://host:10001); an http:// "
+             "address is the dashboard, used by `ray job submit --address`"),
 ]
+
+# Real processes: argparse's own exit 2 (usage lines, then its error line) and two of the cases above.
+PROCESS_CASES = [
+    Case("unknown CLI flag", lambda t, a: ["train", "--bogus-flag"], E + "unrecognized arguments: --bogus-flag"),
+    Case("unknown CLI flag, dry run", lambda t, a: ["train", "--dry-run", "--bogus-flag"], E + "unrecognized arguments: --bogus-flag"),
+] + [c for c in CASES if c.name in ("unknown key", "unknown toy concept, dry run")]
 
 
 def _messages(stderr: str) -> list[str]:
@@ -163,9 +267,17 @@ def test_bad_input_exits_2_with_one_line_and_loses_nothing(case, assets, tmp_pat
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and len(_messages(err)) == 1, err  # (progress bars of loaders may precede it)
-    assert case.expect in _messages(err)[0], err
+    assert _messages(err)[0] == case.line(tmp_path)
     after = _files(tmp_path)
     assert {name: after.get(name) for name in before} == before  # nothing overwritten or lost
+
+
+@pytest.mark.parametrize("case", PROCESS_CASES, ids=[c.name for c in PROCESS_CASES])
+def test_a_real_process_exits_2_with_the_error_line_last(case, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "raybilevel", *case.argv(tmp_path, {})],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == case.line(tmp_path)
 
 
 def test_catalogue_has_at_least_25_cases():

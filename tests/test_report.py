@@ -15,6 +15,7 @@ import yaml
 
 from helpers import cli
 from raybilevel import pareto
+from raybilevel.importance import importances
 from raybilevel.report import SAMPLES_TAG, write_hparams, write_report
 from raybilevel.search_space import GridSpec, SearchSpace
 from raybilevel.trials import SweepDir, TrialRecord
@@ -132,9 +133,10 @@ def test_report_writes_front_hypervolume_ablation_and_html(tmp_path):
 
     page = (sweep.root / "report.html").read_text()
     assert page.count('<img class="samples"') == len(FRONT)  # each front trial's grid, embedded
-    assert page.count('src="data:image/png;base64,') == len(FRONT) + 2  # + Pareto plot + curves
+    assert page.count('src="data:image/png;base64,') == len(FRONT) + 3  # + Pareto plot, curves, hypervolume
+    assert 'alt="Pareto plot"' in page and "no trial with finite objectives" not in page
     assert "±" in page and "out of memory" in page
-    for name in ("pareto.png", "curves.png"):
+    for name in ("pareto.png", "curves.png", "hypervolume.png"):
         assert (sweep.root / name).read_bytes().startswith(b"\x89PNG")
 
 
@@ -161,3 +163,23 @@ def test_report_cli_rebuilds_a_sweep_and_refuses_other_folders(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"raybilevel: error: {tmp_path} holds no sweep (no space.yaml); "
                                                    "pass the --output of `raybilevel tune`"]
+
+
+def test_importance_ranks_each_objective_by_the_parameter_that_drives_it(tmp_path):
+    """quality depends on x only and concept_rate on y only: each objective's top parameter is its own."""
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=url, directions=["minimize", "minimize"],
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(24):
+        trial = study.ask()
+        x, y = trial.suggest_float("x", 0, 1), trial.suggest_float("y", 0, 1)
+        study.tell(trial, [x, y])
+    rows = importances(url, "s", ["quality", "concept_rate"])
+    top = {name: max((r for r in rows if r["objective"] == name), key=lambda r: r["importance"])["param"]
+           for name in ("quality", "concept_rate")}
+    assert top == {"quality": "x", "concept_rate": "y"}
+    for name in ("quality", "concept_rate"):
+        assert sum(r["importance"] for r in rows if r["objective"] == name) == pytest.approx(1.0)
+    assert importances(url, "no_such_study", ["quality", "concept_rate"]) == []

@@ -6,13 +6,14 @@ import json
 import random
 import signal
 import subprocess
+import sys
 import time
 
 import optuna
 import pytest
 import yaml
 
-from helpers import cli, committed_step
+from helpers import assert_same_curve, cli, committed_step, read_scalars
 from raybilevel.cli import main
 from raybilevel.config import load_config
 from raybilevel.errors import UserError
@@ -137,7 +138,8 @@ def test_tune_cli_dry_run_prints_the_plan_and_bad_input_exits_2(tmp_path, capsys
 
 TINY_SPACE = {
     "name": "tiny",
-    "base": {"train": {"steps": 12, "checkpoint_every": 2, "log_every": 1, "eval_every": 6, "sample_every": 12},
+    "base": {"deterministic": True,
+             "train": {"steps": 12, "checkpoint_every": 2, "log_every": 1, "eval_every": 6, "sample_every": 12},
              "solver": {"K": 2, "erase_fraction": 0.5},
              "world": {"toy_images": 128, "n_concept_images": 8, "sampling_steps": 2},
              "lower": {"batch_size": 8}, "upper": {"batch_size": 4}, "eval": {"n_samples": 32},
@@ -195,6 +197,16 @@ def test_an_interrupted_sweep_resumes_and_its_front_is_optunas(tmp_path, stop):
         assert metrics["world_size"] == 2
         assert [json.loads(line)["step"] for line in (record.run_dir / "evals.jsonl").read_text().splitlines()] == [6, 12]
         assert [json.loads(line)["step"] for line in (record.run_dir / "scalars.jsonl").read_text().splitlines()] == list(range(12))
+
+    # the trial that continued from its checkpoint logs what an uninterrupted 2-rank run of its config logs
+    continued = max(records, key=lambda r: json.loads((r.run_dir / "metrics.json").read_text())["resumed_from"])
+    reference = tmp_path / "uninterrupted"
+    plain = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                            "-m", "raybilevel", "train", "--config", str(continued.run_dir / "config.yaml"),
+                            "--output", str(reference), "--set", "eval.enabled=false"],
+                           capture_output=True, text=True, timeout=900)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert_same_curve(read_scalars(continued.run_dir), read_scalars(reference), rel=1e-6)
 
     study = optuna.load_study(study_name="tiny", storage=SweepDir(out).optuna_url)
     assert len(study.trials) == 3

@@ -152,7 +152,8 @@ def load_source(cfg: DatasetConfig) -> Source:
     if cfg.max_samples:
         source = ImageCaptions(source.captions[:cfg.max_samples], source.load_image)
     if not source.captions:
-        raise ConfigError("world.dataset.path", f"the {cfg.kind} dataset at {cfg.path} has no rows; point it at data")
+        raise ConfigError("world.dataset.path", f"the {cfg.kind} dataset at {cfg.path} has no rows; "
+                          "point world.dataset.path at images with captions")
     return source
 
 
@@ -217,7 +218,7 @@ class LatentDataset:
             self._captions = source.captions
         if not self._captions:
             raise ConfigError("world.dataset.path", f"the dataset at {getattr(source, 'name', '?')} has no rows; "
-                              "point it at data")
+                              "point world.dataset.path at images with captions")
 
     def __len__(self) -> int:
         return len(self._captions)

@@ -48,6 +48,8 @@ def resolve_pipeline(pretrained: str) -> Path:
     """The local folder of `pretrained`: itself, or a hub snapshot of the parts the world loads."""
     folder = Path(pretrained)
     if not folder.is_dir():
+        if folder.is_absolute():  # never a hub id: say so rather than relay the hub's id-format complaint
+            raise ConfigError("world.pretrained", f"no folder at {folder}; give an SD 1.x/2.x pipeline folder or hub id")
         from diffusers import DiffusionPipeline
 
         try:
