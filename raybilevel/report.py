@@ -2,8 +2,9 @@
 
 `write_report(DIR)` rebuilds every file from the trial records and run directories in DIR (no Ray needed),
 so the sweep calls it after each finished trial and `raybilevel report DIR` can call it at any time.
-Files: pareto.csv / pareto.json (the front, the reference point, the hypervolume), pareto.png, trials.csv,
-hypervolume.csv / hypervolume.png (after each finished trial), curves.png (objectives over training steps),
+Files: pareto.csv / pareto.json (the front, the reference point, the hypervolume, the teacher's and the
+step-0 student's objectives when references.json holds them), pareto.png, trials.csv,
+hypervolume.csv / hypervolume.png (after each finished trial), curves.png (objectives against compute),
 importance.csv (searches: each parameter's importance per objective, importance.py), ablation.csv (grids:
 mean and spread per cell over seeds) and report.html (all of it, PNGs embedded).
 """
@@ -28,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from raybilevel import pareto
 from raybilevel.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from raybilevel.importance import importances
+from raybilevel.references import read_references
 from raybilevel.search_space import SearchSpace, load_space
 from raybilevel.trials import SweepDir, TrialRecord
 
@@ -42,6 +44,7 @@ class Report:
     hypervolume: float
     history: list[tuple[int, str, float]]  # (trials finished, the trial that just finished, hypervolume)
     importance: list[dict[str, Any]] = field(default_factory=list)  # (objective, param, importance) rows
+    references: dict[str, tuple[float, ...]] = field(default_factory=dict)  # label: objectives (references.py)
 
     @property
     def objectives(self) -> list[str]:
@@ -81,6 +84,7 @@ def analyse(sweep: SweepDir) -> Report:
 def write_report(root: Path) -> Report:
     sweep = SweepDir(Path(root))
     report = analyse(sweep)
+    report.references = read_references(sweep.root, report.objectives)
     _write_tables(report, sweep.root)
     if sweep.optuna_db.is_file() and not report.space.grid:
         report.importance = importances(sweep.optuna_url, report.space.name, report.objectives)
@@ -140,6 +144,7 @@ def _write_tables(report: Report, root: Path) -> None:
         "sweep": report.space.name, "objectives": report.space.objectives,
         "reference_point": report.space.reference_point, "hypervolume": report.hypervolume,
         "n_trials": len(report.records), "n_valid": sum(r.valid(report.objectives) for r in report.records),
+        "references": {label: dict(zip(report.objectives, point)) for label, point in report.references.items()},
         "front": [{"trial_id": r.trial_id, "solver": r.solver, "objectives": r.objectives, "params": r.params}
                   for r in report.front],
     })
@@ -203,6 +208,8 @@ def _plot_front(report: Report) -> bytes | None:
     fx, fy = zip(*(report.point(r) for r in report.front))
     ax.scatter(fx, fy, s=140, facecolors="none", edgecolors="black", linewidths=1.5, label="Pareto front")
     ax.step(fx, fy, where="post", color="black", linewidth=0.8)
+    for (label, point), marker in zip(report.references.items(), ("*", "P", "D")):
+        ax.scatter(*point[:2], marker=marker, s=160, color="dimgray", edgecolors="black", label=label, zorder=3)
     ax.margins(0.1)
     ax.autoscale(False)  # the reference point is often far out: keep the trials readable, state it below
     ax.scatter(*report.reference, marker="x", color="red", label="reference point", clip_on=True)
@@ -210,7 +217,7 @@ def _plot_front(report: Report) -> bytes | None:
     ax.set_ylabel(_axis_label(report, 1))
     ax.set_title(f"{report.space.name}: {len(valid)} trials, hypervolume {report.hypervolume:.4g}\n"
                  f"reference point {report.reference}", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the axes: never over a point
     return _figure_png(fig)
 
 
@@ -226,16 +233,18 @@ def _plot_hypervolume(report: Report) -> bytes | None:
     return _figure_png(fig)
 
 
-def _eval_curve(record: TrialRecord, metric: str) -> list[tuple[int, float]]:
+def _eval_curve(record: TrialRecord, metric: str) -> list[tuple[float, float]]:
+    """(compute spent in MACs, metric) at each evaluation: trials at equal compute take different numbers of
+    steps, so compute is the axis they share."""
     path = record.run_dir / "evals.jsonl"
     if not path.exists():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    return [(row["step"], row[metric]) for row in rows if isinstance(row.get(metric), (int, float))]
+    return [(row["macs"], row[metric]) for row in rows if isinstance(row.get(metric), (int, float)) and "macs" in row]
 
 
 def _plot_curves(report: Report) -> bytes | None:
-    """Objectives over training steps: a line per trial coloured by solver (searches), or per cell with
+    """Objectives against compute: a line per trial coloured by solver (searches), or per cell with
     the mean over seeds and their range shaded (grids)."""
     done = [r for r in report.records if r.status == "done"]
     if not any(_eval_curve(r, report.objectives[0]) for r in done):
@@ -261,7 +270,7 @@ def _plot_curves(report: Report) -> bytes | None:
                     ax.plot(*zip(*curve), color=colours[run.solver], alpha=0.7, marker=".")
             for solver, colour in colours.items():
                 ax.plot([], [], color=colour, label=solver)
-        ax.set_xlabel("training step")
+        ax.set_xlabel("compute spent (MACs)")
         ax.set_ylabel(metric)
         ax.legend(fontsize=7)
     return _figure_png(fig)
@@ -326,7 +335,7 @@ def _html(report: Report, figures: dict[str, bytes | None]) -> str:
                      _table(sorted(by_param.values(), key=lambda r: -max(r.get(n, 0.0) for n in objectives)),
                             ["param", *objectives])]
     sections += ["<h2>Convergence</h2>",
-                 _img(figures["curves"], "objectives against training steps", "no evaluations during training (set train.eval_every)"),
+                 _img(figures["curves"], "objectives against compute", "no evaluations during training (set train.eval_every)"),
                  "<h2>Hypervolume after each finished trial</h2>",
                  _img(figures["hypervolume"], "hypervolume after each finished trial", "no finished trial yet"),
                  _table([dict(zip(("finished", "trial_id", "hypervolume"), row)) for row in report.history],

@@ -286,7 +286,7 @@ def train(cfg: Config, output: Path, hooks: RunHooks | None = None) -> dict[str,
         crash_point("step")
         _log(run, step, scalars, hooks)
         done = step + 1
-        if cfg.train.sample_every and done % cfg.train.sample_every == 0:
+        if cfg.train.sample_every and (done % cfg.train.sample_every == 0 or done == total):  # the report shows the last
             _sample_grid(run, step)
         # the last step's evaluation is the end-of-run one below
         if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < total:

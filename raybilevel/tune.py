@@ -27,6 +27,7 @@ from raybilevel.atomic import write_text_atomic
 from raybilevel.config import Config, flatten, parse_override
 from raybilevel.distributed import fit, storage_for
 from raybilevel.errors import UserError
+from raybilevel.references import write_references
 from raybilevel.report import Report, write_hparams, write_report
 from raybilevel.search_space import SamplerSpec, SearchSpace, load_space, resolve
 from raybilevel.search_space import validate as validate_space
@@ -138,7 +139,13 @@ def run_sweep(space: SearchSpace, sweep: SweepDir, *, resume: bool = False) -> R
             run_config=tune.RunConfig(name=space.name, storage_path=storage, callbacks=[ReportEachTrial(sweep.root)],
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
+    # one CPU, beside the trials: the teacher and the step-0 student on the sweep's objectives (cached)
+    references = ray.remote(num_cpus=1)(write_references).remote(sweep.root.resolve(), example)
     tuner.fit()
+    try:
+        ray.get(references)
+    except ray.exceptions.RayError as error:  # the trials stand without them; say why in one line
+        print(f"[raybilevel] reference points skipped: {str(error).strip().splitlines()[-1][:200]}")
     return write_report(sweep.root)
 
 

@@ -34,7 +34,9 @@ def isolated_cache(tmp_path, monkeypatch):
     return tmp_path / "raybilevel-cache"
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: this process stays connected to the cluster while it lives, and later modules
+# start their own local Ray in this process (test_safety) or keep both cores for their own workers.
+@pytest.fixture(scope="module")
 def two_nodes():
     """A simulated cluster: a 0-CPU head and two 1-CPU nodes (~5-10 s to start), this process connected."""
     import ray

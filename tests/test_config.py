@@ -38,7 +38,7 @@ def test_resolved_config_round_trips(tmp_path):
     (["world.kind=diffusers"], "world.pretrained", "diffusers folder or hub id"),
     (["nosuch.key=1"], "nosuch", "unknown key"),
     (["solver=3"], "solver", "expected a mapping"),
-    (["solver.K"], "solver.K", "key.path=value"),
+    (["solver.K"], "--set solver.K", "key.path=value"),
 ])
 def test_bad_values_name_the_field_and_the_fix(override, field, words):
     with pytest.raises(ConfigError) as info:

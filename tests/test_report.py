@@ -82,7 +82,8 @@ def _make_sweep(root) -> SweepDir:
                              {"alt": "alternating", "pen": "penalty"}[solver], started=100.0 + i,
                              folder=sweep.trial_dir(f"{loss}-{solver}-{seed}"))
         record.run_dir.mkdir(parents=True)
-        evals = [{"step": 2, "quality": quality + 1, "concept_rate": rate}, {"step": 4, "quality": quality, "concept_rate": rate}]
+        evals = [{"step": 2, "macs": 2e9, "quality": quality + 1, "concept_rate": rate},
+                 {"step": 4, "macs": 4e9, "quality": quality, "concept_rate": rate}]
         (record.run_dir / "evals.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
         from torch.utils.tensorboard import SummaryWriter
 
@@ -101,7 +102,11 @@ def _read_csv(path):
 
 def test_report_writes_front_hypervolume_ablation_and_html(tmp_path):
     sweep = _make_sweep(tmp_path / "sweep")
+    points = {"teacher": {"quality": 10.0, "concept_rate": 0.9}, "student_step_0": {"quality": float("nan"), "concept_rate": 0.2}}
+    (sweep.root / "references.json").write_text(json.dumps({"config": {}, "points": points}))
     report = write_report(sweep.root)
+    # a reference with a non-finite objective is left off the plot and the summary
+    assert json.loads((sweep.root / "pareto.json").read_text())["references"] == {"teacher": points["teacher"]}
 
     points = [(q, r) for *_, q, r in GRID_RESULTS]
     reference = tuple(REFERENCE.values())

@@ -216,6 +216,11 @@ def test_an_interrupted_sweep_resumes_and_its_front_is_optunas(tmp_path, stop):
     assert sorted((list(f["objectives"].values()), sorted(f["params"].items())) for f in front) == \
         sorted((t.values, sorted(t.params.items())) for t in study.best_trials)
     assert len((out / "hypervolume.csv").read_text().splitlines()) == 1 + 3
+    # the teacher and the step-0 student, evaluated once at the base config, as references on the plot
+    references = json.loads((out / "references.json").read_text())["points"]
+    assert set(references) == {"teacher", "student_step_0"}
+    assert all(0.0 <= point["attribute_accuracy"] <= 1.0 for point in references.values())
+    assert set(json.loads((out / "pareto.json").read_text())["references"]) <= {"teacher", "pruned student, before fine-tuning"}
     assert '<img class="samples"' in (out / "report.html").read_text()
 
 
