@@ -107,6 +107,11 @@ def _sweep_dir(tmp: Path) -> Path:
     return tmp / "sweep"
 
 
+def _train_set(override: str) -> Callable[[Path, dict], list[str]]:
+    """`raybilevel train --set OVERRIDE` into a fresh output folder: most config cases are just that."""
+    return lambda t, a: ["train", "--set", override, "--output", str(t / "o")]
+
+
 SPACE = {"name": "s", "params": {"lower.lr": {"type": "float", "low": 1e-4, "high": 1e-3}},
          "reference_point": {"quality": 1e4, "concept_rate": 1.0}}
 LAM = {"type": "float", "low": 1.0, "high": 100.0}
@@ -142,33 +147,33 @@ CASES = [
          E + "config error at '{tmp}/c.yaml': malformed YAML (line 2); fix the syntax"),
     Case("unknown section", lambda t, a: ["train", "--config", _yaml(t, "c.yaml", {"solverr": {"K": 2}}), "--output", str(t / "o")],
          E + "config error at 'solverr': unknown key; did you mean 'solver'?"),
-    Case("unknown key", lambda t, a: ["train", "--set", "solver.KK=3", "--output", str(t / "o")],
+    Case("unknown key", _train_set("solver.KK=3"),
          E + "config error at 'solver.KK': unknown key; did you mean 'K'?"),
-    Case("override without =", lambda t, a: ["train", "--set", "solver.K", "--output", str(t / "o")],
+    Case("override without =", _train_set("solver.K"),
          E + "config error at '--set solver.K': an override needs a value: key.path=value, e.g. --set solver.K=5"),
-    Case("wrong type", lambda t, a: ["train", "--set", "train.steps=abc", "--output", str(t / "o")],
+    Case("wrong type", _train_set("train.steps=abc"),
          E + "config error at 'train.steps': expected an integer, got 'abc'"),
     Case("missing config file", lambda t, a: ["train", "--config", str(t / "nope.yaml"), "--output", str(t / "o")],
          E + "config error at '--config': no file at {tmp}/nope.yaml; pass an existing YAML file"),
-    Case("unknown solver", lambda t, a: ["train", "--set", "solver.name=bogus", "--output", str(t / "o")],
+    Case("unknown solver", _train_set("solver.name=bogus"),
          E + "config error at 'solver.name': unknown solver 'bogus'; choose one of: adaptive, alternating, bome, "
              "distill_only, joint, penalty, two_stage"),
-    Case("unknown pruning", lambda t, a: ["train", "--set", "pruning.method=bogus", "--output", str(t / "o")],
+    Case("unknown pruning", _train_set("pruning.method=bogus"),
          E + "config error at 'pruning.method': unknown pruning method 'bogus'; choose one of: blocks, channels, load, "
              "magnitude, none"),
-    Case("unknown unlearning", lambda t, a: ["train", "--set", "upper.method=bogus", "--output", str(t / "o")],
+    Case("unknown unlearning", _train_set("upper.method=bogus"),
          E + "config error at 'upper.method': unknown unlearning method 'bogus'; choose one of: ablation, esd, esd_u, esd_x"),
-    Case("sparsity >= 1", lambda t, a: ["train", "--set", "pruning.sparsity=1.0", "--output", str(t / "o")],
+    Case("sparsity >= 1", _train_set("pruning.sparsity=1.0"),
          E + "config error at 'pruning.sparsity': 1.0 is out of range; use 0 <= sparsity < 1"),
-    Case("negative lambda", lambda t, a: ["train", "--set", "solver.lam=-1", "--output", str(t / "o")],
+    Case("negative lambda", _train_set("solver.lam=-1"),
          E + "config error at 'solver.lam': lam=-1.0 is negative; use lam >= 0"),
-    Case("K = 0", lambda t, a: ["train", "--set", "solver.K=0", "--output", str(t / "o")],
+    Case("K = 0", _train_set("solver.K=0"),
          E + "config error at 'solver.K': K=0 is invalid; use an integer >= 1"),
-    Case("batch size 0", lambda t, a: ["train", "--set", "lower.batch_size=0", "--output", str(t / "o")],
+    Case("batch size 0", _train_set("lower.batch_size=0"),
          E + "config error at 'lower.batch_size': must be >= 1"),
-    Case("ZeRO stage 4", lambda t, a: ["train", "--set", "engine.zero_stage=4", "--output", str(t / "o")],
+    Case("ZeRO stage 4", _train_set("engine.zero_stage=4"),
          E + "config error at 'engine.zero_stage': 4 is not a ZeRO stage; use 0, 1, 2 or 3"),
-    Case("unknown NaN policy", lambda t, a: ["train", "--set", "train.on_nonfinite=ignore", "--output", str(t / "o")],
+    Case("unknown NaN policy", _train_set("train.on_nonfinite=ignore"),
          E + "config error at 'train.on_nonfinite': 'ignore': use stop or skip"),
     Case("unknown toy concept", lambda t, a: ["train", "--set", "world.concept=dragon", "--output", str(t / "o"), *TRAIN],
          E + f"world.concept: unknown toy concept 'dragon'; choose one of: {CONCEPTS}"),
