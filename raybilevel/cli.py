@@ -95,13 +95,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     if cfg.world.kind != "diffusers":
         raise ConfigError("world.kind", "export writes a Stable Diffusion pipeline: it needs world.kind diffusers "
                           "and world.pretrained (the teacher pipeline whose parts go beside the student)")
-    from raybilevel.export import export_pipeline
+    from raybilevel.export import export_pipeline, needs_raybilevel
     from raybilevel.pruning import load_student
     from raybilevel.worlds.diffusers_world import resolve_pipeline
 
     folder = export_pipeline(load_student(Path(args.student)), resolve_pipeline(cfg.world.pretrained),
                              Path(args.output))
-    print(f"wrote {folder}: StableDiffusionPipeline.from_pretrained({str(folder)!r}) samples from the student")
+    load = f"StableDiffusionPipeline.from_pretrained({str(folder)!r})"
+    if needs_raybilevel(folder):
+        load = f"import raybilevel.export; {load}"  # diffusers loads a named class only once it is imported
+    print(f"wrote {folder}: {load} samples from the student")
     return 0
 
 

@@ -17,9 +17,10 @@ from typing import Any, Iterator, Sequence
 
 import ray.train
 import torch
-from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
 
+from raybilevel.atomic import write_json_atomic
 from raybilevel.config import Config, RayConfig, config_from_dict
 from raybilevel.faults import crash_settings
 from raybilevel.train import RunHooks, train
@@ -65,6 +66,25 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     ray.train.report({"step": cfg.train.steps, **metrics})
 
 
+COMMITTED_CHECKPOINT = "committed_checkpoint.json"
+
+
+class CommittedCheckpointRecord(UserCallback):
+    """Writes run_dir/committed_checkpoint.json ({"step", "path"}) each time Ray commits a checkpoint.
+
+    A step folder appears in storage as soon as one rank uploads its shards; Ray commits the checkpoint only
+    once every rank has reported it, and only a committed one is handed back on restart. This file (the
+    controller's callbacks run after Ray's own checkpoint manager) is the run's public answer to "how far
+    would a kill now set me back"."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir).resolve() / COMMITTED_CHECKPOINT
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        if checkpoint is not None:
+            write_json_atomic(self.path, {"step": metrics[0]["step"], "path": checkpoint.path})
+
+
 def storage_for(cfg: Config, default: Path) -> str:
     """Ray's storage: the configured path or URI, else `default` (a local folder)."""
     return cfg.ray.storage_path or str(default.resolve())
@@ -77,7 +97,8 @@ def fit(cfg: Config, output: Path, *, name: str, storage_path: str, callbacks: S
         train_loop,
         train_loop_config={"config": cfg.to_dict(), "output": str(Path(output).resolve()), "crash": crash_settings()},
         scaling_config=scaling_config(cfg.ray),
-        run_config=RunConfig(name=name, storage_path=storage_path, callbacks=list(callbacks),
+        run_config=RunConfig(name=name, storage_path=storage_path,
+                             callbacks=[CommittedCheckpointRecord(output), *callbacks],
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
                              failure_config=FailureConfig(max_failures=cfg.ray.max_failures)),
     )

@@ -5,8 +5,9 @@ with the student in unet/, so `StableDiffusionPipeline.from_pretrained(folder)` 
 Students whose UNet config describes their shapes (magnitude, with its masks applied; blocks; none; a
 loaded diffusers UNet) export as plain diffusers UNets. Channel-pruned students change block-internal widths that no
 UNet2DConditionModel config can express; their unet/ holds raybilevel's format and model_index.json
-names `raybilevel.export.PrunedUNet2DConditionModel`, so stock diffusers loads them when raybilevel is
-installed (diffusers imports the named class from the installed package; no code is read from the folder).
+names `raybilevel.export.PrunedUNet2DConditionModel`, so stock diffusers loads them once the caller has
+run `import raybilevel.export` (diffusers 0.42 never imports a module a folder names; without the import it
+refuses in one line that says so; no code is ever read from the folder).
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from raybilevel.pruning.base import Student, build_unet, load_student, replace_f
 
 # diffusers finds a component's loader by looking its base classes up in the component's own module, so
 # this module must expose ModelMixin by that name.
-__all__ = ["ModelMixin", "PrunedUNet2DConditionModel", "export_pipeline", "plain_unet"]
+__all__ = ["ModelMixin", "PrunedUNet2DConditionModel", "export_pipeline", "needs_raybilevel", "plain_unet"]
+UNET_ENTRY = ["raybilevel.export", "PrunedUNet2DConditionModel"]
 
 
 class PrunedUNet2DConditionModel(UNet2DConditionModel):
@@ -83,7 +85,7 @@ def export_pipeline(student: Student, teacher_pipeline: str | os.PathLike, outpu
             plain.save_pretrained(tmp / "unet", safe_serialization=True)
         else:
             save_student(student, tmp / "unet")
-            index["unet"] = ["raybilevel.export", PrunedUNet2DConditionModel.__name__]
+            index["unet"] = UNET_ENTRY
         # Components the teacher folder lacks (a hub download without the safety checker) load as None.
         for name, value in index.items():
             if isinstance(value, list) and len(value) == 2 and value[0] and not (tmp / name).exists():
@@ -93,3 +95,8 @@ def export_pipeline(student: Student, teacher_pipeline: str | os.PathLike, outpu
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return output
+
+
+def needs_raybilevel(folder: str | os.PathLike) -> bool:
+    """Whether an exported pipeline's UNet is raybilevel's (a channels student) rather than a plain diffusers one."""
+    return json.loads((Path(folder) / "model_index.json").read_text())["unet"] == UNET_ENTRY

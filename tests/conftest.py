@@ -34,6 +34,15 @@ def isolated_cache(tmp_path, monkeypatch):
     return tmp_path / "raybilevel-cache"
 
 
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory):
+    """The one tiny SD world (epsilon, 32 images) every diffusers-path test reads: (world config, CLIP judge
+    folder). Read-only: a test that changes a file copies it to its own tmp_path first."""
+    from raybilevel.worlds.tiny_sd import build_tiny_sd_assets
+
+    return build_tiny_sd_assets(tmp_path_factory.mktemp("tiny_sd"))
+
+
 # Module scope, not session: this process stays connected to the cluster while it lives, and later modules
 # start their own local Ray in this process (test_safety) or keep both cores for their own workers.
 @pytest.fixture(scope="module")

@@ -27,13 +27,15 @@ def assert_same_curve(resumed: list[dict], uninterrupted: list[dict], rel: float
             assert a[key] == pytest.approx(value, rel=rel, abs=0), (a["step"], key)
 
 
-def committed_step(snapshot: Path) -> int:
-    """The step of Ray's latest committed checkpoint in a run's checkpoint_manager_snapshot.json (0 before
-    the first). A step_N folder appears as soon as one rank uploads; Ray commits it only once every rank
-    has reported it, so a kill must wait for this."""
+def committed_step(run_dir: Path) -> int:
+    """The step of the latest checkpoint Ray has committed for a run (0 before the first), from the run's
+    committed_checkpoint.json. A step_N folder appears as soon as one rank uploads; Ray commits it only once
+    every rank has reported it, so a kill must wait for this."""
+    from raybilevel.distributed import COMMITTED_CHECKPOINT  # not at the top: it imports Ray
+
     try:
-        return json.loads(snapshot.read_text())["latest_checkpoint_result"]["metrics"]["step"]
-    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+        return json.loads((Path(run_dir) / COMMITTED_CHECKPOINT).read_text())["step"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
         return 0
 
 

@@ -18,7 +18,7 @@ import yaml
 
 from helpers import TINY
 from raybilevel.cli import main
-from raybilevel.worlds.tiny_sd import CONCEPT, build_tiny_sd_assets
+from raybilevel.worlds.tiny_sd import CONCEPT
 
 TRAIN = ["--set", "eval.enabled=false"] + sum((["--set", s] for s in TINY), [])
 
@@ -36,13 +36,13 @@ class Case:
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory) -> dict:
+def assets(tmp_path_factory, tiny_sd) -> dict:
     """Runs and files the cases start from: a finished toy run (checkpoints at steps 2 and 4), one of
     another architecture, and a tiny SD pipeline with its imagefolder."""
     root = tmp_path_factory.mktemp("assets")
     for name, extra in (("run", []), ("other_arch", ["--set", "pruning.sparsity=0.5"])):
         assert main(["train", "--output", str(root / name), *TRAIN, *extra]) == 0
-    world, judge = build_tiny_sd_assets(root / "sd")
+    world, judge = tiny_sd
     sd = dataclasses.asdict(dataclasses.replace(world, clip_judge=str(judge)))
     return {"root": root, "sd": sd}
 

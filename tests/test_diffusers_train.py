@@ -19,17 +19,18 @@ from raybilevel.worlds.nudenet import EXPOSED_LABELS
 from raybilevel.worlds.tiny_sd import build_tiny_inception, build_tiny_sd_assets
 
 
-def _world(root, prediction_type: str) -> dict:
-    world, judge = build_tiny_sd_assets(root, prediction_type)
+def _world(world_and_judge) -> dict:
+    world, judge = world_and_judge
     return dataclasses.asdict(dataclasses.replace(world, clip_judge=str(judge)))
 
 
 @pytest.mark.parametrize("prediction_type, solver, pruning", [
     ("epsilon", "penalty", "channels"), ("v_prediction", "alternating", "blocks")])
-def test_train_on_a_tiny_sd_pipeline(tmp_path, prediction_type, solver, pruning):
+def test_train_on_a_tiny_sd_pipeline(tmp_path, tiny_sd, prediction_type, solver, pruning):
     base = load_config(None, TINY + [f"solver.name={solver}", f"pruning.method={pruning}", "eval.n_samples=4",
                                      "upper.method=ablation", "pruning.sparsity=0.25"]).to_dict()
-    cfg = config_from_dict(base | {"world": _world(tmp_path / "assets", prediction_type)})
+    world = tiny_sd if prediction_type == "epsilon" else build_tiny_sd_assets(tmp_path / "assets", prediction_type)
+    cfg = config_from_dict(base | {"world": _world(world)})
     metrics = train(cfg, tmp_path / "run")
     assert metrics["budget"]["upper_fb"] == 2
     for key in ("quality", "concept_rate", "clip_score", "clip_concept_similarity"):
@@ -40,9 +41,9 @@ def test_train_on_a_tiny_sd_pipeline(tmp_path, prediction_type, solver, pruning)
     assert load_student(tmp_path / "run" / "student").model.config.in_channels == 4  # latent space
 
 
-def test_cli_trains_a_diffusers_world_from_a_yaml_file(tmp_path):
+def test_cli_trains_a_diffusers_world_from_a_yaml_file(tmp_path, tiny_sd):
     config = tmp_path / "sd.yaml"
-    config.write_text(yaml.safe_dump({"world": _world(tmp_path / "assets", "epsilon"),
+    config.write_text(yaml.safe_dump({"world": _world(tiny_sd),
                                       "solver": {"name": "two_stage"}}))
     out = tmp_path / "run"
     result = subprocess.run(cli("train", "--config", str(config), "--output", str(out),
@@ -74,12 +75,12 @@ def write_i2p(path, rows: list[tuple[str, str]]):
     return path
 
 
-def test_prune_train_eval_with_every_real_metric_wired(tmp_path, isolated_cache):
+def test_prune_train_eval_with_every_real_metric_wired(tmp_path, tiny_sd, isolated_cache):
     """The issue's end to end: a saved tiny SD pipeline, pruned, trained bilevel, evaluated with FID (stand-in
     Inception), CLIP score, CLIP similarity and CP, prompt sets with NudeNet's own detector, then exported."""
     from diffusers import StableDiffusionPipeline
 
-    world, judge = build_tiny_sd_assets(tmp_path / "assets")
+    world, judge = tiny_sd
     i2p = write_i2p(tmp_path / "i2p.csv", [("a red circle", "sexual"), ("a blue square", "violence"),
                                             ("a green circle", "sexual, hate"), ("a yellow square", "sexual")])
     (tmp_path / "plain.txt").write_text("a red square\na blue circle\n")

@@ -12,16 +12,11 @@ import torch
 from raybilevel.config import WorldConfig
 from raybilevel.errors import ConfigError, UserError
 from raybilevel.worlds import diffusers_world
-from raybilevel.worlds.clip_judge import JUDGE_ENV, concept_decisions
+from raybilevel.worlds.clip_judge import JUDGE_ENV, clip_similarity, concept_decisions
 from raybilevel.worlds.datasets import LatentDataset, load_source, to_pixels
 from raybilevel.worlds.diffusers_world import (build_diffusers_world, check_no_concept, concept_sample_file,
                                                read_concept_prompts)
 from raybilevel.worlds.tiny_sd import CONCEPT, build_tiny_sd_assets, write_concept_prompts
-
-
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory) -> tuple[WorldConfig, Path]:
-    return build_tiny_sd_assets(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(autouse=True)
@@ -208,11 +203,24 @@ def test_concept_prompt_files(tmp_path):
         read_concept_prompts(str(tmp_path / "bad.csv"), "")
 
 
+def cosine(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
+def clip_scores_by_hand(images: torch.Tensor, texts: torch.Tensor) -> list[float]:
+    """CLIPScore per pair as its paper defines it: 100 * max(cos, 0), in plain Python."""
+    return [100 * max(cosine(i, t), 0.0) for i, t in zip(images.tolist(), texts.tolist())]
+
+
+def test_clip_similarity_matches_a_direct_computation():
+    images, texts = torch.randn(2, 64, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert clip_similarity(images, texts).tolist() == pytest.approx(clip_scores_by_hand(images, texts), rel=1e-12)
+    assert clip_similarity(torch.tensor([[1.0, 0.0]]), torch.tensor([[-3.0, 1.0]])).item() == 0  # clamped at 0
+    assert clip_similarity(torch.tensor([[2.0, 0.0]]), torch.tensor([[0.5, 0.5]])).item() == pytest.approx(100 / math.sqrt(2))
+
+
 def test_concept_decisions_match_a_direct_computation():
     images, concepts, anchors = torch.randn(3, 64, 16, generator=torch.Generator().manual_seed(0))
-
-    def cosine(a, b):
-        return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
 
     expected = [cosine(i, c) > cosine(i, a) for i, c, a in zip(images.tolist(), concepts.tolist(), anchors.tolist())]
     assert concept_decisions(images, concepts, anchors).tolist() == expected
@@ -239,8 +247,16 @@ def test_evaluator_metrics_are_in_range_and_consistent_with_its_judge(tiny_sd):
     prompts = [world.concept.prompts[i % 4] for i in range(6)]
     anchors = [world.concept.anchor_prompts[i % 4] for i in range(6)]
     clip = evaluator.judge
-    expected = concept_decisions(clip.embed_images(drawn[0]), clip.embed_texts(prompts), clip.embed_texts(anchors))
+    concept_images, concept_texts = clip.embed_images(drawn[0]), clip.embed_texts(prompts)
+    expected = concept_decisions(concept_images, concept_texts, clip.embed_texts(anchors))
     assert metrics["concept_rate"] == pytest.approx(expected.float().mean().item())
+    # CLIP scores from the judge's own embeddings of what was drawn, computed by hand
+    order = torch.randperm(len(world.evaluator.reference), generator=torch.Generator().manual_seed(3)).tolist()
+    captions = [world.evaluator.reference.captions[order[i % len(order)]] for i in range(6)]
+    by_hand = {"clip_concept_similarity": clip_scores_by_hand(concept_images, concept_texts),
+               "clip_score": clip_scores_by_hand(clip.embed_images(drawn[1]), clip.embed_texts(captions))}
+    for name, scores in by_hand.items():
+        assert metrics[name] == pytest.approx(sum(scores) / len(scores), rel=1e-5), name
     assert evaluator(world.teacher, n_samples=6, seed=3) == metrics  # seeded
     with pytest.raises(UserError, match="n_samples"):
         evaluator(world.teacher, n_samples=1, seed=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,8 +69,8 @@ def test_export_replaces_an_older_export_and_leaves_no_temporary_folders(pipelin
     assert unet.mid_block is None and unet.state_dict().keys() == blocks.model.state_dict().keys()
 
 
-def test_cli_exports_a_saved_student(pipeline, tmp_path):
-    save_student(prune("blocks", load_teacher(str(pipeline), "cpu").unet, sparsity=0.0), tmp_path / "student")
+def _export_with_the_cli(pipeline: Path, tmp_path: Path, method: str, sparsity: float):
+    save_student(prune(method, load_teacher(str(pipeline), "cpu").unet, sparsity=sparsity), tmp_path / "student")
     config = tmp_path / "sd.yaml"
     # The training run's config: export reads only world.pretrained from it.
     config.write_text(yaml.safe_dump({"world": {"kind": "diffusers", "pretrained": str(pipeline),
@@ -77,7 +78,13 @@ def test_cli_exports_a_saved_student(pipeline, tmp_path):
     result = subprocess.run(cli("export", "--config", str(config), "--student", str(tmp_path / "student"),
                                 "--output", str(tmp_path / "exported")), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "StableDiffusionPipeline.from_pretrained" in result.stdout
+    return result
+
+
+def test_cli_exports_a_saved_student(pipeline, tmp_path):
+    result = _export_with_the_cli(pipeline, tmp_path, "blocks", 0.0)
+    assert result.stdout.strip() == (f"wrote {tmp_path / 'exported'}: StableDiffusionPipeline.from_pretrained("
+                                     f"{str(tmp_path / 'exported')!r}) samples from the student")
     assert (tmp_path / "exported" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
 
 
@@ -86,3 +93,30 @@ def test_cli_export_of_a_toy_world_is_one_line_exit_2(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "world.kind" in result.stderr and "diffusers" in result.stderr
+
+
+_LOAD = "from diffusers import StableDiffusionPipeline; StableDiffusionPipeline.from_pretrained({!r})"
+
+
+@pytest.mark.parametrize("prelude, loads", [("", False), ("import raybilevel.export; ", True)])
+def test_a_channels_export_in_a_fresh_process_needs_the_import_and_says_so_in_one_line(pipeline, tmp_path,
+                                                                                        prelude, loads):
+    """Stock diffusers (0.42) never imports the module a folder names: a fresh process that has not imported
+    raybilevel.export is refused with one line naming the fix; one that has loads the channels student."""
+    out = export_pipeline(prune("channels", load_teacher(str(pipeline), "cpu").unet, sparsity=0.5), pipeline,
+                          tmp_path / "exported")
+    result = subprocess.run([sys.executable, "-c", prelude + _LOAD.format(str(out))], capture_output=True,
+                            text=True, timeout=300, cwd=tmp_path)
+    if loads:
+        assert result.returncode == 0, result.stderr[-2000:]
+        return
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and last.startswith("ValueError: raybilevel.export is not one of the libraries")
+    assert last.endswith("import raybilevel.export before calling `from_pretrained`.")
+
+
+def test_cli_export_of_a_channels_student_prints_the_import_it_needs(pipeline, tmp_path):
+    result = _export_with_the_cli(pipeline, tmp_path, "channels", 0.5)
+    assert result.stdout.strip() == (f"wrote {tmp_path / 'exported'}: import raybilevel.export; "
+                                     f"StableDiffusionPipeline.from_pretrained({str(tmp_path / 'exported')!r}) "
+                                     "samples from the student")

@@ -8,17 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from raybilevel.config import DatasetConfig, WorldConfig
+from raybilevel.config import DatasetConfig
 from raybilevel.errors import ConfigError, UserError
 from raybilevel.worlds.datasets import ImageCaptionStream, LatentDataset, dataset_identity, load_source
 from raybilevel.worlds.diffusers_world import build_diffusers_world, load_teacher
 from raybilevel.worlds.latent_cache import INDEX_FILE, LatentCache, build_cache, fingerprint
-from raybilevel.worlds.tiny_sd import CONCEPT, build_tiny_sd_assets
-
-
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory) -> tuple[WorldConfig, Path]:
-    return build_tiny_sd_assets(tmp_path_factory.mktemp("tiny"), n_images=20)
+from raybilevel.worlds.tiny_sd import CONCEPT
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +27,7 @@ def in_memory(cfg: DatasetConfig, vae) -> LatentDataset:
 
 def test_disk_cache_holds_exactly_the_in_memory_latents_and_is_reused(tiny_sd, vae, tmp_path):
     cfg = tiny_sd[0].dataset
-    everything = list(range(20))
+    everything = list(range(32))
     on_disk = LatentDataset(load_source(cfg), vae, 16, True, str(tmp_path), identity=dataset_identity(cfg))
     reference = in_memory(cfg, vae)
     assert torch.equal(on_disk.get_batch(everything)[0], reference.get_batch(everything)[0])
@@ -42,7 +37,7 @@ def test_disk_cache_holds_exactly_the_in_memory_latents_and_is_reused(tiny_sd, v
     written = shard.stat().st_mtime_ns
     again = LatentDataset(load_source(cfg), vae, 16, True, str(tmp_path), identity=dataset_identity(cfg))
     assert shard.stat().st_mtime_ns == written and list(tmp_path.iterdir()) == [folder]  # read, not re-encoded
-    assert torch.equal(again.get_batch([19, 0, 7])[0], reference.get_batch([19, 0, 7])[0])
+    assert torch.equal(again.get_batch([31, 0, 7])[0], reference.get_batch([31, 0, 7])[0])
 
 
 def test_fingerprint_follows_the_dataset_resolution_and_vae_weights(tiny_sd, vae):
@@ -69,16 +64,16 @@ def test_an_interrupted_encoding_resumes_at_its_first_missing_shard(tiny_sd, vae
         return data._encode_images(images)
 
     with pytest.raises(KeyboardInterrupt):
-        build_cache(tmp_path, data._rows_from, encode, shard_rows=6)
+        build_cache(tmp_path, data._rows_from, encode, shard_rows=12)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shard_00000.safetensors", "shard_00001.safetensors"]
     encoded.clear()
     build_cache(tmp_path, data._rows_from, lambda images: encoded.append(len(images)) or data._encode_images(images),
-                shard_rows=6)
-    assert encoded == [6, 2]  # rows 12-17 and 18-19 only
-    assert json.loads((tmp_path / INDEX_FILE).read_text()) == {"rows": 20, "shards": 4, "shard_rows": 6}
+                shard_rows=12)
+    assert encoded == [8]  # rows 24-31 only
+    assert json.loads((tmp_path / INDEX_FILE).read_text()) == {"rows": 32, "shards": 3, "shard_rows": 12}
     cache = LatentCache(tmp_path)
     reference = in_memory(tiny_sd[0].dataset, vae)
-    rows = [0, 5, 6, 13, 19]
+    rows = [0, 11, 12, 25, 31]
     torch.testing.assert_close(cache.latents(rows), reference.get_batch(rows)[0], rtol=0, atol=1e-6)
     assert cache.captions == reference.captions
 

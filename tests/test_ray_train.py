@@ -97,7 +97,6 @@ def test_a_worker_killed_by_pid_restarts_to_the_uninterrupted_loss_curve(uninter
     """One of the two ranks is SIGKILLed from outside mid-run; Ray restarts the worker group, both ranks resume
     from the last committed checkpoint, and the run logs each step once with the uninterrupted run's losses."""
     storage, run = tmp_path / "storage", tmp_path / "run"
-    snapshot = storage / "killed" / "checkpoint_manager_snapshot.json"
     outcome: dict = {}
 
     def run_fit() -> None:
@@ -110,12 +109,12 @@ def test_a_worker_killed_by_pid_restarts_to_the_uninterrupted_loss_curve(uninter
     runner = threading.Thread(target=run_fit, daemon=True)
     runner.start()
     deadline = time.time() + 600
-    while not committed_step(snapshot) or _last_logged_step(run) < 10:
+    while not committed_step(run) or _last_logged_step(run) < 10:
         assert runner.is_alive(), f"the run ended before the worker could be killed: {outcome}"
         assert time.time() < deadline, f"no checkpoint and step 10 after 600 s (last step {_last_logged_step(run)})"
         time.sleep(0.1)
     victim = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True)[0]
-    checkpoint_before_kill = committed_step(snapshot)
+    checkpoint_before_kill = committed_step(run)
     os.kill(victim.pid, signal.SIGKILL)
     runner.join(timeout=900)
     assert "result" in outcome, outcome

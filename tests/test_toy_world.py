@@ -41,17 +41,22 @@ def test_shipped_judge_reads_fresh_real_images():
         assert (logits[attribute].argmax(1).numpy() == labels).mean() >= 0.97, attribute
 
 
+# This test's own evaluation (seed 5, 48 samples per group), recorded 2026-12-02: 46/48 unrelated prompts with
+# every attribute right, 44/47 qualifying striped samples striped, 0/48 elsewhere, 41/42 paraphrases. At 512
+# samples (eval seed 1234) the same teacher scored 0.961 / 0.924 / 0.008 / 0.916, within sampling error of these.
+RECORDED = {"attribute_accuracy": 46 / 48, "concept_rate": 44 / 47, "concept_rate_floor": 0 / 48,
+            "paraphrase_concept_rate": 41 / 42}
+
+
 def test_shipped_teacher_draws_clean_samples_and_the_concept(world):
-    """A regression check of the shipped teacher (48 samples per group, DDIM 25, guidance 1.25). At 512
-    samples it measured attribute accuracy 0.96, striped 0.92 on striped prompts, 0.008 elsewhere, 0.92
-    on paraphrases: the bounds sit about three standard errors (of 48 samples) below, so only a real
-    regression fails."""
+    """A regression check of the shipped teacher (48 samples per group, DDIM 25, guidance 1.25) against its
+    recorded values. The evaluation is seeded, so only floating-point differences between machines can move
+    it: two samples' worth of slack per rate, where the old bounds sat 4-6 standard errors away."""
     metrics = evaluate(world, world.teacher, EvalConfig(n_samples=48, seed=5))
     assert metrics["eval_settings"] == {"sampler": "DDIM", "steps": 25, "guidance": 1.25, "batch_size": 256,
                                         "seed": 5, "n_samples": 48}
-    assert metrics["attribute_accuracy"] >= 0.80
-    assert metrics["concept_rate"] >= 0.75 and metrics["concept_rate_floor"] <= 0.1
-    assert metrics["paraphrase_concept_rate"] >= 0.75
+    for name, recorded in RECORDED.items():
+        assert abs(metrics[name] - recorded) <= 2 / 48 + 1e-9, (name, metrics[name], recorded)
 
 
 def test_toy_build_rebuilds_loadable_assets(tmp_path):
