@@ -30,6 +30,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from raybilevel.metrics import t_halfwidth
+
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs" / "benchmarks" / "leakage"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -45,7 +47,6 @@ CELLS: dict[str, list[str]] = {
     "two_stage": ["solver.name=two_stage"],
     "joint": ["solver.name=joint"],
 }
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # Student t, 97.5%
 METRICS = ("concept_rate", "concept_rate_floor", "concept_rate_raw", "paraphrase_concept_rate",
            "attribute_accuracy", "quality")
 
@@ -85,14 +86,6 @@ def job(cell: str, seed: int, opts: argparse.Namespace) -> tuple[str, int, dict]
             sets = sum((["--set", s] for s in CELLS[cell] + budget), [])
             _run(["train", "--output", str(folder), *common, *sets], folder.with_suffix(".log"))
     return cell, seed, json.loads((folder / "metrics.json").read_text())
-
-
-def t_halfwidth(values: list[float]) -> float:
-    """Half-width of the 95% Student-t interval of the mean over seeds (0 for one seed: no spread known)."""
-    if len(values) < 2:
-        return 0.0
-    quantile = T_975.get(len(values) - 1, 1.96)
-    return quantile * statistics.stdev(values) / len(values) ** 0.5
 
 
 def summarise(results: list[tuple[str, int, dict]]) -> dict[str, dict]:

@@ -37,12 +37,13 @@ from typing import Any
 
 import yaml
 
+from raybilevel.metrics import t_halfwidth
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 SPACES = ROOT / "raybilevel" / "search_spaces"
 METRICS = ("concept_rate", "concept_rate_floor", "paraphrase_concept_rate", "attribute_accuracy", "quality",
            "attribute_nll", "fd")
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # two-sided 95% t quantiles by degrees of freedom
 
 
 def tune(space: str, sweep: Path) -> None:
@@ -116,7 +117,7 @@ def mean_interval(values: list[float]) -> dict[str, Any]:
     mean = statistics.fmean(values)
     if len(values) < 2:
         return {"mean": mean, "ci95": None, "n": 1}
-    half = T_975.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+    half = t_halfwidth(values)
     return {"mean": mean, "ci95": [mean - half, mean + half], "n": len(values)}
 
 

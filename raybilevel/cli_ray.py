@@ -22,8 +22,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
         report = run_sweep(space, sweep, resume=args.resume)
     failed = [r for r in report.records if r.status == "failed"]
     finished = [r for r in report.records if r.status != "running"]
+    stopped = sum(r.status == "stopped" for r in report.records)
     print(f"sweep {space.name}: {len(finished)} of {space.num_trials} trials finished, {len(failed)} failed, "
-          f"front of {len(report.front)}, hypervolume {report.hypervolume:.6g} (reference point {space.reference_point})")
+          + (f"{stopped} stopped early ({space.scheduler.name}; reasons in {sweep.scheduler_log}), " if stopped else "")
+          + f"front of {len(report.front)}, hypervolume {report.hypervolume:.6g} (reference point {space.reference_point})")
     for record in failed:
         print(f"  failed {record.trial_id}: {record.error}")
     if len(finished) < space.num_trials:

@@ -366,6 +366,8 @@ class TrainConfig:
         sample_every: sample-grid period for TensorBoard (0 = off). keep_checkpoints: how many to keep.
         eval_every: evaluate the student with `eval`'s settings every this many steps during training
             (0 = off); each result lands in evals.jsonl, TensorBoard (eval/*) and the caller's hooks.
+        eval_fractions: also evaluate at these fractions of the run's steps (each in (0, 1)): a sweep
+            scheduler's rungs, at the same share of every trial's budget whatever its solver's step cost.
         on_nonfinite: a NaN/inf loss stops the run with its step and terms ("stop"), or skips that
             optimizer step, weights and moments untouched ("skip"; counted as skipped_steps).
         max_skipped_steps: with "skip", more skipped steps than this stop the run as diverged.
@@ -379,6 +381,7 @@ class TrainConfig:
     sample_every: int = 0
     keep_checkpoints: int = 2
     eval_every: int = 0
+    eval_fractions: list[float] = field(default_factory=list)
     on_nonfinite: str = "stop"
     max_skipped_steps: int = 10
 
@@ -390,6 +393,8 @@ class TrainConfig:
         _check(self.log_every >= 1, f"{path}.log_every", "must be >= 1")
         _check(self.checkpoint_every >= 0 and self.sample_every >= 0, f"{path}.checkpoint_every", "must be >= 0")
         _check(self.eval_every >= 0, f"{path}.eval_every", "must be >= 0 (0 = only at the end)")
+        _check(all(0 < f < 1 for f in self.eval_fractions), f"{path}.eval_fractions",
+               f"{self.eval_fractions}: each must lie strictly between 0 and 1 (the end is always evaluated)")
         _check(self.keep_checkpoints >= 1, f"{path}.keep_checkpoints", "must be >= 1")
 
 

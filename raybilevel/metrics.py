@@ -107,3 +107,16 @@ def bootstrap_interval(statistic, n: int, *, reps: int = 1000, seed: int = 0, le
         return [float("nan"), float("nan")]
     tail = (1 - level) / 2
     return [float(torch.quantile(values, tail)), float(torch.quantile(values, 1 - tail))]
+
+
+# Two-sided 95% Student-t quantiles by degrees of freedom (benchmarks report means over a few seeds).
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def t_halfwidth(values: list[float]) -> float:
+    """Half-width of the 95% Student-t interval of the mean over seeds (0 for one value: no spread known)."""
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return T_975.get(len(values) - 1, 1.96) * std / len(values) ** 0.5

@@ -1,4 +1,4 @@
-"""Pareto front and hypervolume of two objectives, each minimised or maximised.
+"""Pareto front, non-dominated ranks and hypervolume (two objectives), each objective minimised or maximised.
 
 Points are compared after turning every objective into one to minimise (max objectives are negated), so
 one rule serves both: a point dominates another if it is no worse in both and better in at least one.
@@ -36,3 +36,38 @@ def hypervolume(points: Sequence[Point], reference: Point, modes: Sequence[str])
             area += (ref[0] - x) * (best_y - y)
             best_y = y
     return area
+
+
+def nondominated_ranks(points: Sequence[Point]) -> list[int]:
+    """Each point's non-dominated rank (0 = on the front; rank k+1 = on the front once ranks <= k are
+    removed), points already in minimise form."""
+    ranks, left, rank = [0] * len(points), set(range(len(points))), 0
+    while left:
+        layer = {i for i in left if not any(dominates(points[j], points[i]) for j in left if j != i)}
+        for i in layer:
+            ranks[i] = rank
+        left -= layer
+        rank += 1
+    return ranks
+
+
+def crowding_distances(points: Sequence[Point]) -> list[float]:
+    """NSGA-II's crowding distance within one set (minimise form): per objective, the normalised gap between
+    a point's neighbours; the extremes of any objective get infinity."""
+    n = len(points)
+    distance = [0.0] * n
+    for axis in range(len(points[0]) if points else 0):
+        order = sorted(range(n), key=lambda i: points[i][axis])
+        span = points[order[-1]][axis] - points[order[0]][axis]
+        distance[order[0]] = distance[order[-1]] = float("inf")
+        for before, here, after in zip(order, order[1:], order[2:]):
+            if span > 0:
+                distance[here] += (points[after][axis] - points[before][axis]) / span
+    return distance
+
+
+def hypervolume_contributions(points: Sequence[Point], reference: Point) -> list[float]:
+    """Each point's exclusive hypervolume (two objectives, minimise form): what the set loses without it."""
+    modes = ["min"] * len(reference)
+    whole = hypervolume(points, reference, modes)
+    return [whole - hypervolume([p for j, p in enumerate(points) if j != i], reference, modes) for i in range(len(points))]

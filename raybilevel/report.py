@@ -17,6 +17,7 @@ import io
 import json
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from raybilevel.atomic import write_bytes_atomic, write_json_atomic, write_text_
 from raybilevel.importance import importances
 from raybilevel.references import read_references
 from raybilevel.search_space import SearchSpace, load_space
-from raybilevel.trials import SweepDir, TrialRecord
+from raybilevel.trials import STATUSES, SweepDir, TrialRecord
 
 SAMPLES_TAG = "samples/concept_then_unrelated"  # the grid train.py logs every train.sample_every steps
 
@@ -45,6 +46,7 @@ class Report:
     history: list[tuple[int, str, float]]  # (trials finished, the trial that just finished, hypervolume)
     importance: list[dict[str, Any]] = field(default_factory=list)  # (objective, param, importance) rows
     references: dict[str, tuple[float, ...]] = field(default_factory=dict)  # label: objectives (references.py)
+    decisions: list[dict[str, Any]] = field(default_factory=list)  # the early-stopping scheduler's, in order
 
     @property
     def objectives(self) -> list[str]:
@@ -85,6 +87,7 @@ def write_report(root: Path) -> Report:
     sweep = SweepDir(Path(root))
     report = analyse(sweep)
     report.references = read_references(sweep.root, report.objectives)
+    report.decisions = _json_lines(sweep.scheduler_log)
     _write_tables(report, sweep.root)
     if sweep.optuna_db.is_file() and not report.space.grid:
         report.importance = importances(sweep.optuna_url, report.space.name, report.objectives)
@@ -246,7 +249,7 @@ def _eval_curve(record: TrialRecord, metric: str) -> list[tuple[float, float]]:
 def _plot_curves(report: Report) -> bytes | None:
     """Objectives against compute: a line per trial coloured by solver (searches), or per cell with
     the mean over seeds and their range shaded (grids)."""
-    done = [r for r in report.records if r.status == "done"]
+    done = [r for r in report.records if r.status in ("done", "stopped")]  # a stopped trial's curve ends early
     if not any(_eval_curve(r, report.objectives[0]) for r in done):
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -309,13 +312,30 @@ def _table(rows: list[dict[str, Any]], columns: list[str], raw: tuple[str, ...] 
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _json_lines(path: Path) -> list[dict[str, Any]]:
+    """A JSON-lines log; a line torn by a kill mid-append is skipped."""
+    rows = []
+    for line in (path.read_text().splitlines() if path.is_file() else []):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def _status_counts(records: list[TrialRecord]) -> str:
+    counts = Counter(r.status for r in records)
+    return ", ".join(f"{counts[s]} {s}" + (" early" if s == "stopped" else "") for s in STATUSES if counts[s])
+
+
 def _html(report: Report, figures: dict[str, bytes | None]) -> str:
     space, objectives = report.space, report.objectives
     params = _param_keys(report.records)
     front_rows = [_trial_row(report, r) | {"samples": _img(sample_grid_png(r.run_dir), "sample grid", "no sample grid (set train.sample_every)", css="samples")} for r in report.front]
     sections = [
         f"<h1>Sweep {html.escape(space.name)}</h1><p>{html.escape(space.description)}</p>",
-        f"<p>{len(report.records)} trials ({sum(r.valid(objectives) for r in report.records)} with finite objectives); "
+        f"<p>{len(report.records)} trials ({_status_counts(report.records)}; "
+        f"{sum(r.valid(objectives) for r in report.records)} with finite objectives); "
         f"objectives {', '.join(f'{n} ({m})' for n, m in space.objectives.items())}; hypervolume "
         f"<b>{report.hypervolume:.6g}</b> against the reference point {html.escape(json.dumps(space.reference_point))}.</p>",
         _img(figures["pareto"], "Pareto plot", "no Pareto plot: no trial with finite objectives yet"),
@@ -334,6 +354,13 @@ def _html(report: Report, figures: dict[str, bytes | None]) -> str:
                      "per objective; conditional parameters rest on the few trials that have them.</p>",
                      _table(sorted(by_param.values(), key=lambda r: -max(r.get(n, 0.0) for n in objectives)),
                             ["param", *objectives])]
+    if report.decisions:
+        rows = [d | {"decision": "stop" if d["stop"] else "continue", **{n: d["objectives"].get(n) for n in objectives}}
+                for d in report.decisions]
+        sections += [f"<h2>Early stopping ({html.escape(space.scheduler.name)})</h2><p>Each trial judged at each rung "
+                     "(a fraction of its run) against every trial judged there before it; a stopped trial keeps "
+                     "its last evaluation, which Optuna was told as complete.</p>",
+                     _table(rows, ["trial", "rung", "step", *objectives, "decision", "reason"])]
     sections += ["<h2>Convergence</h2>",
                  _img(figures["curves"], "objectives against compute", "no evaluations during training (set train.eval_every)"),
                  "<h2>Hypervolume after each finished trial</h2>",

@@ -132,6 +132,39 @@ class SamplerSpec:
 
 
 @dataclass
+class SchedulerSpec:
+    """Early stopping (raybilevel/schedulers/): trials are judged at rungs, fractions of their run.
+
+    Args:
+        name: fifo (every trial runs to its end) or pareto_halving.
+        grace: the first rung, a fraction of each trial's steps; later rungs at grace * reduction^k below 1.
+        reduction: at each rung the best ceil(n / reduction) of the n trials judged there continue.
+    """
+
+    name: str = "fifo"
+    grace: float = 0.25
+    reduction: float = 2.0
+
+    @property
+    def rungs(self) -> list[float]:
+        if self.name == "fifo":
+            return []
+        found, rung = [], self.grace
+        while rung < 1 - 1e-9:
+            found.append(round(rung, 6))
+            rung *= self.reduction
+        return found
+
+    def validate(self, path: str) -> None:
+        from raybilevel.schedulers import SCHEDULERS
+
+        _require(self.name == "fifo" or self.name in SCHEDULERS, path + ".name",
+                 f"{self.name!r}: use fifo or {', '.join(SCHEDULERS.names())}")
+        _require(0 < self.grace < 1, path + ".grace", f"{self.grace}: the first rung is a fraction of the run, in (0, 1)")
+        _require(self.reduction > 1, path + ".reduction", f"{self.reduction}: must be > 1 (keep 1/reduction per rung)")
+
+
+@dataclass
 class SearchSpace:
     """A sweep. Exactly one of `params` (an Optuna search) and `grid` (an ablation) is given.
 
@@ -144,6 +177,7 @@ class SearchSpace:
         objectives: two reported metrics and their directions (min or max), for the Pareto front.
         reference_point: one value per objective, worse than any trial of interest, for the hypervolume.
         sampler: Optuna's sampler (searches only).
+        scheduler: early stopping at rungs (see SchedulerSpec); its rungs become train.eval_fractions.
         trials: how many trials a search runs (a grid runs cells x seeds).
         max_concurrent: trials at once (0 = as many as the cluster's CPUs and GPUs fit).
     """
@@ -156,6 +190,7 @@ class SearchSpace:
     objectives: dict[str, str] = field(default_factory=lambda: {"quality": "min", "concept_rate": "min"})
     reference_point: dict[str, float] = field(default_factory=dict)
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
     trials: int = 8
     max_concurrent: int = 0
 
@@ -180,6 +215,9 @@ class SearchSpace:
         tree: dict[str, Any] = {}
         for key, value in (flatten(self.base) | self.overrides(params)).items():
             set_path(tree, key, value)
+        if self.scheduler.rungs:  # every trial evaluates at the rungs it is judged at
+            train = tree.setdefault("train", {})
+            train["eval_fractions"] = sorted(set(train.get("eval_fractions", [])) | set(self.scheduler.rungs))
         return config_from_dict(tree)
 
     def define_by_run(self, trial: Any) -> None:
@@ -213,6 +251,10 @@ class SearchSpace:
                      + (f" + {base.ray.gpus_per_worker:g} GPU" if base.ray.use_gpu else "")
                      + (f", {base.train.compute_budget:.4g} MACs (train.compute_budget)" if base.train.compute_budget
                         else f", {base.train.steps} steps") + f", world {base.world.kind}")
+        if self.scheduler.rungs:
+            lines.append(f"early stopping: {self.scheduler.name}, rungs at "
+                         + ", ".join(f"{r:.0%}" for r in self.scheduler.rungs)
+                         + f" of each run, best 1/{self.scheduler.reduction:g} continue")
         return "\n".join(lines)
 
     def check_files(self) -> None:
@@ -273,6 +315,7 @@ def validate(space: SearchSpace) -> SearchSpace:
              f"give one value for each objective: {', '.join(space.objectives)}")
     _require(space.trials >= 1 and space.max_concurrent >= 0, "trials", "trials >= 1 and max_concurrent >= 0")
     space.sampler.validate("sampler")
+    space.scheduler.validate("scheduler")
     if space.grid:
         space.grid.validate("grid")
     for key, spec in space.params.items():

@@ -41,7 +41,7 @@ from raybilevel.worlds import World, build_world, check_world
 
 # Keys a resumed run may change: how long it runs and how it is watched, not what it computes.
 RESUMABLE_CHANGES = {"train.steps", "train.log_every", "train.checkpoint_every", "train.sample_every",
-                     "train.keep_checkpoints", "train.eval_every", "eval"}
+                     "train.keep_checkpoints", "train.eval_every", "train.eval_fractions", "eval"}
 
 
 @dataclass
@@ -238,6 +238,7 @@ def _evaluate_during_training(run: Run, step: int, hooks: RunHooks) -> None:
         _export_student(run, Path(scratch) / "student")
         if run.dist.is_main:
             metrics = evaluate(run.world, load_student(Path(scratch) / "student").model, run.cfg.eval)
+            metrics["progress"] = step / run.solver.levels.total_steps  # a sweep scheduler's rungs read it
             _record_eval(run, step, metrics)
     if hooks.on_eval is not None:
         hooks.on_eval(step, metrics)
@@ -278,6 +279,8 @@ def train(cfg: Config, output: Path, hooks: RunHooks | None = None) -> dict[str,
     total = run.solver.levels.total_steps  # train.steps, or what train.compute_budget buys
     if cfg.train.eval_at_start and start == 0:
         _evaluate_during_training(run, 0, hooks)
+    eval_steps = set(range(cfg.train.eval_every, total, cfg.train.eval_every)) if cfg.train.eval_every else set()
+    eval_steps |= {max(1, round(f * total)) for f in cfg.train.eval_fractions} - {total}
     steps = range(start, total)
     for step in tqdm(steps, desc=f"train {cfg.solver.name}", disable=not run.dist.is_main, mininterval=5):
         began = time.perf_counter()
@@ -288,8 +291,7 @@ def train(cfg: Config, output: Path, hooks: RunHooks | None = None) -> dict[str,
         done = step + 1
         if cfg.train.sample_every and (done % cfg.train.sample_every == 0 or done == total):  # the report shows the last
             _sample_grid(run, step)
-        # the last step's evaluation is the end-of-run one below
-        if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < total:
+        if done in eval_steps:  # the last step's evaluation is the end-of-run one below
             _evaluate_during_training(run, done, hooks)
         if done == total or (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0):
             _save(run, done, hooks)

@@ -4,6 +4,7 @@
     DIR/optuna.db             the Optuna study (searches): optuna-dashboard sqlite:///DIR/optuna.db
     DIR/ray/                  Ray's storage when ray.storage_path is empty: Tune's experiment state
                               (ray/<name>/) and each trial's Ray Train checkpoints (ray/train/<trial>/)
+    DIR/scheduler.jsonl       the early-stopping scheduler's decisions, one line each (with its reasons)
     DIR/trials/<trial>/trial.json   params, status, objectives, error (written by the trial's driver)
     DIR/trials/<trial>/run/   the trial's run directory (config.yaml, scalars, evals, TensorBoard,
                               student/, metrics.json); `tensorboard --logdir DIR/trials` shows them all
@@ -20,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from raybilevel.atomic import write_json_atomic
+
+
+STATUSES = ("done", "stopped", "failed", "running")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,10 @@ class SweepDir:
         return self.root / "ray"
 
     @property
+    def scheduler_log(self) -> Path:
+        return self.root / "scheduler.jsonl"
+
+    @property
     def trials_dir(self) -> Path:
         return self.root / "trials"
 
@@ -64,9 +72,10 @@ class TrialRecord:
         params: the trial's Tune config (searched values, or factor levels and seed).
         overrides: the dotted config keys those params set.
         solver: the trial's solver, for colouring plots.
-        status: running, done or failed.
-        objectives: the sweep's objective metrics from metrics.json (null where not finite).
-        error: why a failed trial failed, in one line.
+        status: running, done, stopped (by the sweep's early-stopping scheduler) or failed.
+        objectives: the sweep's objective metrics from metrics.json, or a stopped trial's last evaluation
+            (null where not finite).
+        error: why a failed trial failed, or where and why a stopped one was stopped, in one line.
     """
 
     trial_id: str
@@ -85,9 +94,10 @@ class TrialRecord:
         return self.folder / "run"
 
     def valid(self, objectives: list[str]) -> bool:
-        """Done, with a finite value for every objective: a point the front can use."""
+        """Done or stopped early, with a finite value for every objective: a point the front can use. A
+        stopped trial's point is its last evaluation, the values Optuna was told (so front == best_trials)."""
         values = [self.objectives.get(name) for name in objectives]
-        return self.status == "done" and all(v is not None and math.isfinite(v) for v in values)
+        return self.status in ("done", "stopped") and all(v is not None and math.isfinite(v) for v in values)
 
     def save(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,8 @@ from raybilevel.distributed import fit, storage_for
 from raybilevel.errors import UserError
 from raybilevel.references import write_references
 from raybilevel.report import Report, write_hparams, write_report
+from raybilevel.schedulers import SCHEDULERS
+from raybilevel.schedulers.tune_adapter import RuleScheduler
 from raybilevel.search_space import SamplerSpec, SearchSpace, load_space, resolve
 from raybilevel.search_space import validate as validate_space
 from raybilevel.trials import SweepDir, TrialRecord
@@ -36,7 +38,8 @@ from raybilevel.trials import SweepDir, TrialRecord
 DRIVER_CPU = 0.01  # a trial's driver only waits on its Ray Train run
 # Config keys holding files or folders (or hub ids / dataset names, which exist nowhere on disk).
 PATH_KEYS = ("world.pretrained", "world.dataset.path", "world.concept_prompts", "world.concept_images",
-             "world.clip_judge", "pruning.path")
+             "world.clip_judge", "world.metrics.fid_weights", "world.metrics.reference.path",
+             "world.metrics.prompt_sets", "pruning.path")  # prompt_sets: a list of files
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -79,6 +82,16 @@ def connected(address: str | None, dashboard_host: str = "127.0.0.1") -> Iterato
         ray.shutdown()
 
 
+def _absolute(value: str, space_file: Path) -> str:
+    """Tune runs each trial's driver in the trial's folder: a relative path must become absolute. It is read
+    against this folder first, then against the space file's (shipped spaces' prompt files); a value found
+    in neither (a hub id, a dataset name) is left as it is."""
+    if Path(value).is_absolute():
+        return value
+    found = next((p for p in (Path(value), space_file.parent / value) if p.exists()), None)
+    return str(found.resolve()) if found is not None else value
+
+
 def prepare(output: Path, space_arg: str | None = None, *, trials: int | None = None, overrides: list[str] = (),
             resume: bool = False, check_output: bool = True) -> tuple[SearchSpace, SweepDir]:
     """The space to run and its directory: a new sweep in an empty DIR (the space's `trials` and base
@@ -99,13 +112,11 @@ def prepare(output: Path, space_arg: str | None = None, *, trials: int | None = 
     if trials is not None and space.is_grid:
         raise UserError(f"--trials: {space.name} is an ablation grid; it runs every cell once per seed")
     base = flatten(space.base) | dict(parse_override(text) for text in overrides)
-    # Tune runs each trial's driver in the trial's folder: a relative path must become absolute. It is
-    # read against this folder first, then against the space file's (shipped spaces' prompt files).
     for key in PATH_KEYS:
-        if base.get(key) and not Path(base[key]).is_absolute():
-            found = next((p for p in (Path(base[key]), space_file.parent / base[key]) if p.exists()), None)
-            if found is not None:
-                base[key] = str(found.resolve())
+        if isinstance(base.get(key), list):
+            base[key] = [_absolute(value, space_file) for value in base[key]]
+        elif base.get(key):
+            base[key] = _absolute(base[key], space_file)
     if trials is not None and trials < 1:
         raise UserError(f"--trials {trials}: a sweep needs at least 1 trial")
     space = dataclasses.replace(space, trials=space.trials if trials is None else trials, base=base)
@@ -134,6 +145,7 @@ def run_sweep(space: SearchSpace, sweep: SweepDir, *, resume: bool = False) -> R
             trainable,
             param_space=space.grid_param_space() if space.is_grid else None,
             tune_config=tune.TuneConfig(search_alg=None if space.is_grid else _optuna(space, sweep),
+                                        scheduler=_scheduler(space, sweep),
                                         num_samples=1 if space.is_grid else space.trials,
                                         max_concurrent_trials=concurrency(space, example, ray.cluster_resources())),
             run_config=tune.RunConfig(name=space.name, storage_path=storage, callbacks=[ReportEachTrial(sweep.root)],
@@ -170,6 +182,17 @@ def sampler_for(spec: SamplerSpec) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(n_startup_trials=spec.startup_trials, seed=spec.seed)  # MOTPE for 2+ objectives
 
 
+def _scheduler(space: SearchSpace, sweep: SweepDir) -> RuleScheduler | None:
+    """The space's early-stopping rule as a Tune scheduler (None: Tune's FIFO, every trial runs to its end).
+    Its decisions live in DIR/scheduler.jsonl, which a resumed sweep's rule reads back."""
+    spec = space.scheduler
+    if not spec.rungs:
+        return None
+    rule = SCHEDULERS.get(spec.name)(space.objectives, space.reference_point, spec.rungs, spec.reduction,
+                                     sweep.scheduler_log.resolve())
+    return RuleScheduler(rule, sweep.root.resolve())
+
+
 def _optuna(space: SearchSpace, sweep: SweepDir) -> OptunaSearch:
     return OptunaSearch(space=space.define_by_run, metric=list(space.objectives), mode=list(space.objectives.values()),
                         sampler=sampler_for(space.sampler), study_name=space.name,
@@ -187,8 +210,11 @@ def _run_trial(params: dict[str, Any], space: SearchSpace, root: str, train_stor
         fit(cfg, record.run_dir, name=trial_id, storage_path=train_storage,
             callbacks=[ObjectiveReports(list(space.objectives))])
     except Exception as error:
-        record.finish("failed", error=failure_reason(error))
+        if not _stopped(folder):
+            record.finish("failed", error=failure_reason(error))
         raise
+    if _stopped(folder):  # finished before Tune's stop reached it: Optuna was told the rung's values, keep them
+        return
     metrics = json.loads((record.run_dir / "metrics.json").read_text())
     objectives = {name: metrics.get(name) for name in space.objectives}  # NaN/inf were written as null
     write_hparams(record.run_dir, trial_id, {"solver": cfg.solver.name, **params})
@@ -199,6 +225,11 @@ def _run_trial(params: dict[str, Any], space: SearchSpace, root: str, train_stor
         record.finish("failed", objectives, error=reason)
         raise NoObjectiveError(reason)
     record.finish("done", objectives)
+
+
+def _stopped(folder: Path) -> bool:
+    """Whether the early-stopping scheduler has ended this trial (it writes the record, tune_adapter.py)."""
+    return TrialRecord.load(folder / "trial.json").status == "stopped"
 
 
 class NoObjectiveError(RuntimeError):

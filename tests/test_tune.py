@@ -19,7 +19,7 @@ from raybilevel.config import load_config
 from raybilevel.errors import UserError
 from raybilevel.search_space import SPACES_DIR, load_space
 from raybilevel.trials import SweepDir
-from raybilevel.tune import concurrency, sampler_for
+from raybilevel.tune import concurrency, prepare, sampler_for
 
 SHIPPED = sorted(SPACES_DIR.glob("*.yaml"))
 
@@ -136,6 +136,21 @@ def test_tune_cli_dry_run_prints_the_plan_and_bad_input_exits_2(tmp_path, capsys
         assert len(error.strip().splitlines()) == 1 and words in error, error
 
 
+def test_relative_files_in_a_sweep_become_absolute_and_names_stay(tmp_path, monkeypatch):
+    """Tune runs each trial in its own folder, so prepare() makes every file a trial reads absolute: against
+    the current folder first, then the space file's (shipped prompt files); hub ids and missing names stay."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "i2p.csv").write_text("prompt\nx\n")
+    space, _ = prepare(tmp_path / "out", "sd_artist_style",
+                       overrides=["world.metrics.prompt_sets=[prompts/i2p.csv, AIML-TUDA/i2p]",
+                                  "world.metrics.fid_weights=prompts/i2p.csv"])
+    assert space.base["world.metrics.prompt_sets"] == [str(tmp_path / "prompts" / "i2p.csv"), "AIML-TUDA/i2p"]
+    assert space.base["world.metrics.fid_weights"] == str(tmp_path / "prompts" / "i2p.csv")
+    assert space.base["world.concept_prompts"] == str(SPACES_DIR / "prompts" / "van_gogh.csv")
+    assert space.base["world.pretrained"] == load_space(SPACES_DIR / "sd_artist_style.yaml").base["world"]["pretrained"]
+
+
 TINY_SPACE = {
     "name": "tiny",
     "base": {"deterministic": True,
@@ -169,8 +184,7 @@ def test_an_interrupted_sweep_resumes_and_its_front_is_optunas(tmp_path, stop):
             deadline = time.time() + 900  # generous: a loaded machine slows Ray's (niced) workers a lot
             # Ray's committed checkpoint, not a step folder: one appears as soon as one rank uploads, and a
             # SIGKILL before Ray commits it leaves nothing to resume from.
-            while not any(committed_step(snapshot) >= 2
-                          for snapshot in out.glob("ray/tiny-train/*/checkpoint_manager_snapshot.json")):
+            while not any(committed_step(run) >= 2 for run in out.glob("trials/*/run")):
                 assert first.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()[-3000:]
                 time.sleep(0.5)
             first.send_signal(stop)
@@ -222,6 +236,53 @@ def test_an_interrupted_sweep_resumes_and_its_front_is_optunas(tmp_path, stop):
     assert all(0.0 <= point["attribute_accuracy"] <= 1.0 for point in references.values())
     assert set(json.loads((out / "pareto.json").read_text())["references"]) <= {"teacher", "pruned student, before fine-tuning"}
     assert '<img class="samples"' in (out / "report.html").read_text()
+
+
+HALVING_SPACE = TINY_SPACE | {
+    "name": "halving",
+    "base": TINY_SPACE["base"] | {"engine": {"zero_stage": 0}, "ray": {"num_workers": 1, "cpus_per_worker": 0.99},
+                                  "train": {"steps": 12, "checkpoint_every": 6, "log_every": 1, "sample_every": 12}},
+    "scheduler": {"name": "pareto_halving", "grace": 0.25, "reduction": 3},
+    "trials": 4, "max_concurrent": 1,  # one at a time: each trial is judged against all before it
+}
+
+
+@pytest.mark.slow
+def test_pareto_halving_stops_trials_at_rungs_and_stopped_trials_count_on_the_front(tmp_path):
+    """A search under pareto_halving (rungs at 25% and 75% of each run; the best third continue): every stop
+    is in scheduler.jsonl with its reason, the trial is 'stopped' with its last evaluation as objectives,
+    its run ends there, Optuna completed it with those values, and the front (== Optuna's) counts it."""
+    space_file, out = tmp_path / "halving.yaml", tmp_path / "sweep"
+    space_file.write_text(yaml.safe_dump(HALVING_SPACE, sort_keys=False))
+    result = subprocess.run(cli("tune", "--space", str(space_file), "--output", str(out)), capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    decisions = [json.loads(line) for line in (out / "scheduler.jsonl").read_text().splitlines()]
+    records = {r.trial_id: r for r in SweepDir(out).records()}
+    stopped = [d for d in decisions if d["stop"]]
+    assert stopped, decisions  # 4 trials, keep a third: someone is stopped
+    assert {d["rung"] for d in decisions} <= {0.25, 0.75} and decisions[0]["stop"] is False
+    for decision in stopped:
+        record = records[decision["trial"]]
+        assert record.status == "stopped" and record.objectives == decision["objectives"]
+        assert record.error == decision["reason"] and record.error.startswith(f"stopped at {decision['rung']:.0%}")
+        assert f"trial {record.trial_id} {decision['reason']}" in result.stdout
+        evals = [json.loads(line) for line in (record.run_dir / "evals.jsonl").read_text().splitlines()]
+        assert decision["step"] in [e["step"] for e in evals]  # (a fast trial may train on a moment past it)
+    assert {r.status for r in records.values()} <= {"done", "stopped", "failed"}
+    for record in records.values():
+        if record.status == "done":  # judged at both rungs (3 and 9 of 12 steps), then evaluated at the end
+            evals = [json.loads(line) for line in (record.run_dir / "evals.jsonl").read_text().splitlines()]
+            assert [e["step"] for e in evals] == [3, 9, 12] and [e.get("progress") for e in evals] == [0.25, 0.75, None]
+    study = optuna.load_study(study_name="halving", storage=SweepDir(out).optuna_url)
+    told = {tuple(t.values) for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
+    assert all(tuple(d["objectives"].values()) in told for d in stopped if None not in d["objectives"].values())
+    front = json.loads((out / "pareto.json").read_text())["front"]
+    assert sorted(list(f["objectives"].values()) for f in front) == sorted(t.values for t in study.best_trials)
+    with open(out / "trials.csv") as f:
+        assert sorted(row["status"] for row in csv.DictReader(f)) == sorted(r.status for r in records.values())
+    assert "Early stopping (pareto_halving)" in (out / "report.html").read_text()
+    assert f"stopped early (pareto_halving; reasons in {out / 'scheduler.jsonl'})" in result.stdout
 
 
 GRID_SPACE = {

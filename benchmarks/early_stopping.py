@@ -1,0 +1,154 @@
+"""Does Pareto-aware early stopping find the front sooner? Hypervolume against wall-clock, with and without.
+
+For each sampler seed, two sweeps run through the platform (`raybilevel tune`, a local Ray on this machine):
+- full: the default space (raybilevel/search_spaces/toy.yaml) as shipped, FIFO, `--trials-full` trials;
+- halving: the same space with `scheduler: {name: pareto_halving, grace, reduction}` and `--trials-halving`
+  trials (more: a halving sweep spends less per trial).
+Both use the same sampler seed (the space's sampler.seed is replaced), so their first trials are the same.
+
+Rule, fixed before the run: for each seed, the halving sweep's time to reach the full sweep's final
+hypervolume (each sweep's clock starts when its first trial starts; a trial's point counts from the moment
+its record ends, stopped trials with their last evaluation), as a share of the full sweep's wall time
+(first trial started to last trial ended). The target is <= 0.5. Reported per seed, and as the mean over
+seeds with a 95% t-interval; "never" where the halving sweep did not reach it.
+
+usage: python benchmarks/early_stopping.py [--seeds 0 1 2] [--trials-full 8] [--trials-halving 16]
+       [--grace 0.25] [--reduction 2]
+Results: benchmarks/results/early_stopping.{json,md}; sweeps under runs/benchmarks/early_stopping/ (not in
+git). A finished sweep is kept and read again; an unfinished one is started over, since its timing is the
+measurement.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from raybilevel.metrics import t_halfwidth
+from raybilevel.pareto import hypervolume
+from raybilevel.search_space import load_space
+from raybilevel.trials import SweepDir
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "runs" / "benchmarks" / "early_stopping"
+RESULTS = ROOT / "benchmarks" / "results"
+SPACE = ROOT / "raybilevel" / "search_spaces" / "toy.yaml"
+
+
+def space_file(arm: str, seed: int, opts: argparse.Namespace) -> Path:
+    """The default space with this seed (and, for halving, the scheduler and its trial count)."""
+    data = yaml.safe_load(SPACE.read_text())
+    data["sampler"]["seed"] = seed
+    data["trials"] = opts.trials_full
+    if arm == "halving":
+        data["trials"] = opts.trials_halving
+        data["scheduler"] = {"name": "pareto_halving", "grace": opts.grace, "reduction": opts.reduction}
+    path = RUNS / "spaces" / f"{arm}_s{seed}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def finished(folder: Path, trials: int) -> bool:
+    records = SweepDir(folder).records() if (folder / "space.yaml").is_file() else []
+    return len(records) == trials and all(r.status != "running" for r in records) and (folder / "report.html").is_file()
+
+
+def run_sweep(arm: str, seed: int, opts: argparse.Namespace) -> Path:
+    folder = RUNS / f"{arm}_s{seed}"
+    trials = opts.trials_halving if arm == "halving" else opts.trials_full
+    if finished(folder, trials):
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)  # an interrupted sweep's clock is broken: start it over
+    space = space_file(arm, seed, opts)
+    with open(RUNS / f"{arm}_s{seed}.log", "w") as log:
+        subprocess.run([sys.executable, "-m", "raybilevel", "tune", "--space", str(space), "--output", str(folder)],
+                       stdout=log, stderr=subprocess.STDOUT, check=True)
+    return folder
+
+
+def hypervolume_over_time(folder: Path) -> tuple[list[tuple[float, float]], float]:
+    """[(seconds since the first trial started, hypervolume of the points so far)], and the wall time."""
+    space = load_space(folder / "space.yaml")
+    names, modes = list(space.objectives), list(space.objectives.values())
+    reference = [space.reference_point[n] for n in names]
+    records = [r for r in SweepDir(folder).records() if r.finished is not None]
+    start = min(r.started for r in records)
+    points, curve = [], []
+    for record in sorted(records, key=lambda r: r.finished):
+        if record.valid(names):
+            points.append(tuple(record.objectives[n] for n in names))
+        curve.append((record.finished - start, hypervolume(points, reference, modes)))
+    return curve, max(r.finished for r in records) - start
+
+
+def time_to_reach(curve: list[tuple[float, float]], target: float) -> float | None:
+    return next((t for t, hv in curve if hv >= target - 1e-12), None)
+
+
+def summarise(seeds: list[int]) -> dict:
+    per_seed = {}
+    for seed in seeds:
+        full, full_wall = hypervolume_over_time(RUNS / f"full_s{seed}")
+        halving, halving_wall = hypervolume_over_time(RUNS / f"halving_s{seed}")
+        target = full[-1][1]
+        reached = time_to_reach(halving, target)
+        records = SweepDir(RUNS / f"halving_s{seed}").records()
+        per_seed[seed] = {"full_hv": target, "full_wall_s": full_wall, "halving_hv": halving[-1][1],
+                          "halving_wall_s": halving_wall, "halving_reached_s": reached,
+                          "share_of_full_wall": None if reached is None else reached / full_wall,
+                          "stopped": sum(r.status == "stopped" for r in records), "halving_trials": len(records),
+                          "curves": {"full": full, "halving": halving}}
+    shares = [row["share_of_full_wall"] for row in per_seed.values()]
+    known = [s for s in shares if s is not None]
+    return {"seeds": per_seed, "share_mean": statistics.fmean(known) if known else None,
+            "share_ci95_halfwidth": t_halfwidth(known), "never_reached": sum(s is None for s in shares)}
+
+
+def markdown(summary: dict, opts: argparse.Namespace) -> str:
+    lines = [f"Sampler seeds {', '.join(map(str, summary['seeds']))}; full = toy.yaml, {opts.trials_full} trials, FIFO; "
+             f"halving = the same with pareto_halving (grace {opts.grace}, reduction {opts.reduction}), "
+             f"{opts.trials_halving} trials. Hypervolume against the space's reference point.", "",
+             "| seed | full: final HV | full: wall (s) | halving: final HV | halving: wall (s) | stopped | halving reaches full's HV at (s) | share of full's wall |",
+             "|---|---|---|---|---|---|---|---|"]
+    for seed, row in summary["seeds"].items():
+        reached = "never" if row["halving_reached_s"] is None else f"{row['halving_reached_s']:.0f}"
+        share = "—" if row["share_of_full_wall"] is None else f"{row['share_of_full_wall']:.2f}"
+        lines.append(f"| {seed} | {row['full_hv']:.4g} | {row['full_wall_s']:.0f} | {row['halving_hv']:.4g} | "
+                     f"{row['halving_wall_s']:.0f} | {row['stopped']}/{row['halving_trials']} | {reached} | {share} |")
+    if summary["share_mean"] is not None:
+        lines += ["", f"Share of the full sweep's wall time (seeds that reached it): {summary['share_mean']:.2f} "
+                      f"± {summary['share_ci95_halfwidth']:.2f} (95% t); never reached: {summary['never_reached']} "
+                      f"of {len(summary['seeds'])}. Target: <= 0.5."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--trials-full", type=int, default=8)
+    parser.add_argument("--trials-halving", type=int, default=16)
+    parser.add_argument("--grace", type=float, default=0.25)
+    parser.add_argument("--reduction", type=float, default=2.0)
+    parser.add_argument("--summarise-only", action="store_true", help="read the sweeps already run")
+    opts = parser.parse_args()
+    if not opts.summarise_only:
+        for seed in opts.seeds:
+            for arm in ("full", "halving"):
+                run_sweep(arm, seed, opts)
+                print(f"{arm} seed {seed}: done", flush=True)
+    summary = summarise(opts.seeds)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "early_stopping.json").write_text(json.dumps({"settings": vars(opts), **summary}, indent=2))
+    (RESULTS / "early_stopping.md").write_text(markdown(summary, opts))
+    print(markdown(summary, opts))
+
+
+if __name__ == "__main__":
+    main()

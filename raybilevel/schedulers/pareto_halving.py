@@ -1,0 +1,123 @@
+"""Pareto-aware asynchronous successive halving: ASHA's rungs, ranked by several objectives at once.
+
+Rungs sit at fractions of each trial's run (grace, grace·reduction, ... below 1). When a trial reports an
+evaluation at or past a rung it has not been judged at, it joins that rung's results and is ranked among
+every trial judged there so far: by non-dominated rank, then (two objectives) by exclusive hypervolume
+contribution against the sweep's reference point, or (more) by crowding distance, then by arrival. It
+continues if it sits in the best ceil(n / reduction) of the n; otherwise it stops. As in ASHA, the first
+trials at a rung always continue, and a decision is never revisited.
+
+The decisions are the state: each one is a line of the sweep's scheduler.jsonl, read back on start, so a
+resumed sweep judges later trials against every earlier one and repeats a decision it has already taken.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from raybilevel.pareto import crowding_distances, hypervolume_contributions, nondominated_ranks, to_minimise
+from raybilevel.schedulers import SCHEDULERS
+
+_EPS = 1e-9  # progress is steps done / total steps: a float
+
+
+@dataclass(frozen=True)
+class Decision:
+    trial: str
+    rung: float
+    progress: float
+    step: int
+    objectives: dict[str, float | None]
+    stop: bool
+    rank: int  # non-dominated rank among the rung's results (-1: an objective was not finite)
+    position: int  # 1-based place in the rung's order
+    kept: int  # how many of the rung's results continue
+    of: int  # results at the rung, this one included
+    reason: str
+
+
+@SCHEDULERS.register("pareto_halving")
+class ParetoHalving:
+    def __init__(self, objectives: dict[str, str], reference_point: dict[str, float], rungs: list[float],
+                 reduction: float, log: Path) -> None:
+        self.objectives, self.rungs, self.reduction, self.log = dict(objectives), list(rungs), reduction, Path(log)
+        self.reference = to_minimise([reference_point[name] for name in objectives], list(objectives.values()))
+        self.decisions: list[Decision] = self._read_log()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Tune pickles the scheduler when a sweep starts and unpickles it on --resume: read the log again."""
+        self.__dict__.update(state)
+        self.decisions = self._read_log()
+
+    def _read_log(self) -> list[Decision]:
+        if not self.log.is_file():
+            return []
+        decisions = []
+        for line in self.log.read_text().splitlines():
+            try:
+                decisions.append(Decision(**json.loads(line)))
+            except (json.JSONDecodeError, TypeError):
+                continue  # a line torn by a kill mid-append: that decision is taken again
+        return decisions
+
+    def decide(self, trial: str, result: dict[str, Any]) -> Decision | None:
+        """The decision for a trial's evaluation, or None when it is at no new rung (keep going)."""
+        progress = result.get("progress")
+        if progress is None:
+            return None  # the final report: nothing left to stop
+        reached = [r for r in self.rungs if progress + _EPS >= r]
+        if not reached:
+            return None
+        rung = reached[-1]
+        earlier = [d for d in self.decisions if d.trial == trial and d.rung == rung]
+        if earlier:  # a resumed or restarted trial reporting the same rung again
+            return earlier[0]
+        if any(d.trial == trial and d.rung > rung for d in self.decisions):
+            return None
+        decision = self._rank(trial, rung, progress, int(result.get("step", 0)),
+                              {name: _finite(result.get(name)) for name in self.objectives})
+        self.decisions.append(decision)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        torn = self.log.is_file() and not self.log.read_bytes().endswith(b"\n") and self.log.stat().st_size > 0
+        with open(self.log, "a") as handle:  # one line per decision; a torn line is skipped on read
+            handle.write(("\n" if torn else "") + json.dumps(asdict(decision)) + "\n")
+            handle.flush()
+        return decision
+
+    def _rank(self, trial: str, rung: float, progress: float, step: int, values: dict[str, float | None]) -> Decision:
+        here = [d for d in self.decisions if d.rung == rung] + [None]  # None: the trial being judged
+        vectors = [(d.objectives if d else values) for d in here]
+        scored = [i for i, v in enumerate(vectors) if None not in v.values()]
+        points = [to_minimise([vectors[i][name] for name in self.objectives], list(self.objectives.values()))
+                  for i in scored]
+        ranks = nondominated_ranks(points)
+        spread = [0.0] * len(points)
+        for rank in set(ranks):
+            members = [k for k, r in enumerate(ranks) if r == rank]
+            layer = [points[k] for k in members]
+            values_in_layer = (hypervolume_contributions(layer, self.reference) if len(self.objectives) == 2
+                               else crowding_distances(layer))
+            for k, value in zip(members, values_in_layer):
+                spread[k] = value
+        # best first: lower rank, larger contribution, earlier arrival; unscored results come last
+        order = sorted(scored, key=lambda i: (ranks[scored.index(i)], -spread[scored.index(i)], i))
+        order += [i for i in range(len(here)) if i not in scored]
+        me, n = len(here) - 1, len(here)
+        kept = math.ceil(n / self.reduction)
+        position = order.index(me) + 1
+        rank = ranks[scored.index(me)] if me in scored else -1
+        stop = position > kept
+        where = f"at {rung:.0%} of its run (step {step})"
+        if rank < 0:
+            reason = f"{where}: an objective is not finite; place {position} of {n}, {kept} continue"
+        else:
+            reason = f"{where}: non-dominated rank {rank}, place {position} of {n}, {kept} continue"
+        return Decision(trial, rung, progress, step, values, stop, rank, position, kept, n,
+                        ("stopped " if stop else "continues ") + reason)
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
