@@ -1,9 +1,11 @@
-"""Reference points for a sweep's Pareto plot: where the teacher and the pruned student before any
-fine-tuning sit on the sweep's objectives, so every trial reads against both ends.
+"""Reference points for a sweep's Pareto plot: where the teacher, the pruned student before any
+fine-tuning, and that student fine-tuned by distillation alone (no erasure) sit on the sweep's objectives,
+so every trial reads against both ends and against "what fine-tuning does without the upper level".
 
-Evaluated once per sweep, at the space's base config (its world, pruning, eval settings and seeds), as one
-Ray task beside the trials, and cached in DIR/references.json (a resumed sweep reuses it). Grids whose
-factors change the pruning still get the base config's student: the plot names it as such.
+Evaluated once per sweep, at the space's base config (its world, pruning, budget, eval settings and seeds),
+as one Ray task beside the trials, and cached in DIR/references.json (a resumed sweep reuses it; the
+distill-only run lives in DIR/references/distill_only and resumes if interrupted). Grids whose factors
+change the pruning still get the base config's student: the plot names it as such.
 """
 from __future__ import annotations
 
@@ -12,26 +14,39 @@ from pathlib import Path
 from typing import Any
 
 from raybilevel.atomic import write_json_atomic
-from raybilevel.config import Config
+from raybilevel.config import Config, config_from_dict
 
 REFERENCES_FILE = "references.json"
-NAMES = {"teacher": "teacher", "student_step_0": "pruned student, before fine-tuning"}
+NAMES = {"teacher": "teacher", "student_step_0": "pruned student, before fine-tuning",
+         "distill_only": "distill-only, base config"}
 
 
-def evaluate_references(cfg: Config) -> dict[str, dict[str, Any]]:
-    """The teacher's and the step-0 pruned student's metrics (the evaluation a trial ends with)."""
+def distill_only_config(cfg: Config) -> Config:
+    """The base config fine-tuned by the lower level alone, evaluated only at its end."""
+    tree = cfg.to_dict()
+    tree["solver"]["name"] = "distill_only"
+    tree["train"] |= {"eval_every": 0, "eval_fractions": []}
+    return config_from_dict(tree)
+
+
+def evaluate_references(cfg: Config, root: Path) -> dict[str, dict[str, Any]]:
+    """The teacher's, the step-0 pruned student's and the distill-only run's metrics (the evaluation a
+    trial ends with)."""
     from raybilevel.evaluate import evaluate
     from raybilevel.pruning import prune
+    from raybilevel.train import train
     from raybilevel.worlds import build_world
 
     world = build_world(cfg.world, cfg.seed)
     student = prune(cfg.pruning.method, world.teacher, sparsity=cfg.pruning.sparsity, seed=cfg.seed, path=cfg.pruning.path)
-    return {"teacher": evaluate(world, world.teacher, cfg.eval), "student_step_0": evaluate(world, student.model, cfg.eval)}
+    points = {"teacher": evaluate(world, world.teacher, cfg.eval), "student_step_0": evaluate(world, student.model, cfg.eval)}
+    del world, student
+    return points | {"distill_only": train(distill_only_config(cfg), root / "references" / "distill_only")}
 
 
 def write_references(root: Path, cfg: Config) -> None:
     if not (root / REFERENCES_FILE).is_file():
-        write_json_atomic(root / REFERENCES_FILE, {"config": cfg.to_dict(), "points": evaluate_references(cfg)})
+        write_json_atomic(root / REFERENCES_FILE, {"config": cfg.to_dict(), "points": evaluate_references(cfg, root)})
 
 
 def read_references(root: Path, objectives: list[str]) -> dict[str, tuple[float, ...]]:

@@ -3,7 +3,8 @@
 `write_report(DIR)` rebuilds every file from the trial records and run directories in DIR (no Ray needed),
 so the sweep calls it after each finished trial and `raybilevel report DIR` can call it at any time.
 Files: pareto.csv / pareto.json (the front, the reference point, the hypervolume, the teacher's and the
-step-0 student's objectives when references.json holds them), pareto.png, trials.csv,
+step-0 student's objectives when references.json holds them, the sweep's time split), pareto.png, trials.csv
+(with each trial's seconds per phase, time_split.py),
 hypervolume.csv / hypervolume.png (after each finished trial), curves.png (objectives against compute),
 importance.csv (searches: each parameter's importance per objective, importance.py), ablation.csv (grids:
 mean and spread per cell over seeds) and report.html (all of it, PNGs embedded).
@@ -16,6 +17,7 @@ import html
 import io
 import json
 import math
+import functools
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ from raybilevel.atomic import write_bytes_atomic, write_json_atomic, write_text_
 from raybilevel.importance import importances
 from raybilevel.references import read_references
 from raybilevel.search_space import SearchSpace, load_space
+from raybilevel.time_split import COLUMNS as TIME_COLUMNS, sweep_split, trial_split, work_share
 from raybilevel.trials import STATUSES, SweepDir, TrialRecord
 
 SAMPLES_TAG = "samples/concept_then_unrelated"  # the grid train.py logs every train.sample_every steps
@@ -87,7 +90,7 @@ def write_report(root: Path) -> Report:
     sweep = SweepDir(Path(root))
     report = analyse(sweep)
     report.references = read_references(sweep.root, report.objectives)
-    report.decisions = _json_lines(sweep.scheduler_log)
+    report.decisions = sweep.scheduler_decisions()
     _write_tables(report, sweep.root)
     if sweep.optuna_db.is_file() and not report.space.grid:
         report.importance = importances(sweep.optuna_url, report.space.name, report.objectives)
@@ -113,12 +116,20 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> No
     write_text_atomic(path, text.getvalue())
 
 
+def run_metrics(record: TrialRecord) -> dict[str, Any]:
+    """The trial's metrics.json ({} before it has one), read once per file version."""
+    path = record.run_dir / "metrics.json" if record.folder else None
+    return _read_metrics(path, path.stat().st_mtime_ns) if path is not None and path.is_file() else {}
+
+
+@functools.lru_cache(maxsize=1024)
+def _read_metrics(path: Path, mtime_ns: int) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
 def interval(record: TrialRecord, name: str) -> tuple[float, float] | None:
     """The 95% bootstrap interval of an objective from the trial's metrics.json (`<name>_ci`), if any."""
-    path = record.run_dir / "metrics.json" if record.folder else None
-    if path is None or not path.is_file():
-        return None
-    value = json.loads(path.read_text()).get(f"{name}_ci")
+    value = run_metrics(record).get(f"{name}_ci")
     if not isinstance(value, list) or len(value) != 2 or not all(isinstance(v, (int, float)) for v in value):
         return None
     return (float(value[0]), float(value[1])) if all(math.isfinite(v) for v in value) else None
@@ -129,15 +140,19 @@ def _trial_row(report: Report, record: TrialRecord) -> dict[str, Any]:
     for name in report.objectives:
         if (found := interval(record, name)) is not None:
             bounds[f"{name}_ci_low"], bounds[f"{name}_ci_high"] = found
+    split = trial_split(record, run_metrics(record)) or {}
+    times = {f"{column}_s": round(split[column], 1) for column in split}
+    times |= {"work_share": round(work_share(split), 3)} if split else {}
     return {"trial_id": record.trial_id, "status": record.status, "solver": record.solver,
             "on_front": record in report.front, **{n: record.objectives.get(n) for n in report.objectives},
-            **bounds, **record.params, "error": record.error}
+            **bounds, **record.params, **times, "error": record.error}
 
 
 def _write_tables(report: Report, root: Path) -> None:
     params = _param_keys(report.records)
     bounds = [f"{n}_ci_{end}" for n in report.objectives for end in ("low", "high")]
-    columns = ["trial_id", "status", "solver", "on_front", *report.objectives, *bounds, *params, "error"]
+    times = [f"{column}_s" for column in TIME_COLUMNS] + ["work_share"]
+    columns = ["trial_id", "status", "solver", "on_front", *report.objectives, *bounds, *params, *times, "error"]
     _write_csv(root / "trials.csv", [_trial_row(report, r) for r in report.records], columns)
     _write_csv(root / "pareto.csv", [_trial_row(report, r) for r in report.front],
                ["trial_id", "solver", *report.objectives, *params])
@@ -150,11 +165,18 @@ def _write_tables(report: Report, root: Path) -> None:
         "references": {label: dict(zip(report.objectives, point)) for label, point in report.references.items()},
         "front": [{"trial_id": r.trial_id, "solver": r.solver, "objectives": r.objectives, "params": r.params}
                   for r in report.front],
+        "time_split": _sweep_time(report),
     })
     if report.space.grid:
         rows = ablation_rows(report)
         spread = [f"{n}_{stat}" for n in report.objectives for stat in ("mean", "std")]
         _write_csv(root / "ablation.csv", rows, [*report.space.grid.factors, "n", *spread])
+
+
+def _sweep_time(report: Report) -> dict[str, float] | None:
+    """Seconds per phase summed over the trials with a finished run, and the share spent on the work."""
+    splits = [s for r in report.records if (s := trial_split(r, run_metrics(r))) is not None]
+    return sweep_split(splits) if splits else None
 
 
 def _in_cell(record: TrialRecord, cell: dict[str, str]) -> bool:
@@ -312,17 +334,6 @@ def _table(rows: list[dict[str, Any]], columns: list[str], raw: tuple[str, ...] 
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _json_lines(path: Path) -> list[dict[str, Any]]:
-    """A JSON-lines log; a line torn by a kill mid-append is skipped."""
-    rows = []
-    for line in (path.read_text().splitlines() if path.is_file() else []):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
 def _status_counts(records: list[TrialRecord]) -> str:
     counts = Counter(r.status for r in records)
     return ", ".join(f"{counts[s]} {s}" + (" early" if s == "stopped" else "") for s in STATUSES if counts[s])
@@ -361,6 +372,13 @@ def _html(report: Report, figures: dict[str, bytes | None]) -> str:
                      "(a fraction of its run) against every trial judged there before it; a stopped trial keeps "
                      "its last evaluation, which Optuna was told as complete.</p>",
                      _table(rows, ["trial", "rung", "step", *objectives, "decision", "reason"])]
+    if (total := _sweep_time(report)) is not None:
+        rows = [_trial_row(report, r) for r in report.records if trial_split(r, run_metrics(r))]
+        rows.append({"trial_id": f"all {total['trials']}", **{f"{c}_s": round(total[c], 1) for c in TIME_COLUMNS},
+                     "work_share": round(total["work_share"], 3)})
+        sections += ["<h2>Where the time went (seconds)</h2><p>work_share: solver iterations and evaluation over "
+                     "the trial's wall time; startup: the trial's driver starting to training starting.</p>",
+                     _table(rows, ["trial_id", *(f"{c}_s" for c in TIME_COLUMNS), "work_share"])]
     sections += ["<h2>Convergence</h2>",
                  _img(figures["curves"], "objectives against compute", "no evaluations during training (set train.eval_every)"),
                  "<h2>Hypervolume after each finished trial</h2>",
@@ -381,16 +399,3 @@ def _mean_spread(row: dict[str, Any], name: str) -> str:
     if mean is None:
         return "n/a"
     return f"{mean:.4g} ± {std:.2g}" if std is not None else f"{mean:.4g}"
-
-
-# ---------------------------------------------------------------------------------------------- TensorBoard
-def write_hparams(run_dir: Path, trial_id: str, hparams: dict[str, Any]) -> None:
-    """Mark the trial's TensorBoard run as an HParams session, so the HParams dashboard lists every trial
-    with its values beside the run's last eval/* scalars (the final evaluation)."""
-    from tensorboard.plugins.hparams import summary_v2 as hp
-    from torch.utils.tensorboard import SummaryWriter
-
-    values = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in hparams.items()}
-    writer = SummaryWriter(str(run_dir / "tensorboard"))
-    writer._get_file_writer().add_summary(hp.hparams_pb(values, trial_id=trial_id))
-    writer.close()

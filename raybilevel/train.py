@@ -30,6 +30,7 @@ from raybilevel.evaluate import evaluate, image_grid
 from raybilevel.faults import crash_point
 from raybilevel.export import export_pipeline
 from raybilevel.losses import FineTuneLoss
+from raybilevel.phases import PhaseClock
 from raybilevel.pruning import PRUNERS, Student, load_student, prune, save_student
 from raybilevel.registry import Registry
 from raybilevel.sampling import sample
@@ -70,7 +71,8 @@ class Run:
     output: Path
     costs: Costs
     writer: Any = None
-    timings: list[float] = field(default_factory=list)
+    timings: list[float] = field(default_factory=list)  # seconds per solver iteration
+    clock: PhaseClock = field(default_factory=PhaseClock)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -119,7 +121,9 @@ def build_run(cfg: Config, output: Path, world: World | None = None) -> Run:
     seed_everything(cfg.seed, cfg.deterministic)
     device = torch.device(f"cuda:{dist.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     if world is None:
+        began = time.perf_counter()
         world = build_world(cfg.world, cfg.seed, device)
+        world.seconds["world"] = time.perf_counter() - began - sum(world.seconds.values())
     student = prune(cfg.pruning.method, world.teacher, sparsity=cfg.pruning.sparsity, seed=cfg.seed, path=cfg.pruning.path)
     prepare_teacher(world.teacher, cfg.engine)  # only now: the student was copied from it in fp32
     upper_loss = UNLEARNING.get(cfg.upper.method)(world.teacher, cfg.upper, world.scheduler_config, world.concept, world.prompts)
@@ -234,7 +238,7 @@ def _record_eval(run: Run, step: int, metrics: dict[str, Any]) -> None:
 def _evaluate_during_training(run: Run, step: int, hooks: RunHooks) -> None:
     """Evaluate a reloaded copy of the student, so the training module keeps its mode and dtype."""
     metrics: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="raybilevel-eval-") as scratch:
+    with run.clock("evaluation"), tempfile.TemporaryDirectory(prefix="raybilevel-eval-") as scratch:
         _export_student(run, Path(scratch) / "student")
         if run.dist.is_main:
             metrics = evaluate(run.world, load_student(Path(scratch) / "student").model, run.cfg.eval)
@@ -245,6 +249,11 @@ def _evaluate_during_training(run: Run, step: int, hooks: RunHooks) -> None:
 
 
 def _save(run: Run, step: int, hooks: RunHooks) -> None:
+    with run.clock("checkpointing"):
+        _save_checkpoint(run, step, hooks)
+
+
+def _save_checkpoint(run: Run, step: int, hooks: RunHooks) -> None:
     state = {"solver": run.solver.state_dict()}
     if hooks.checkpoint_root is not None:
         folder = save_rank_checkpoint(hooks.checkpoint_root / f"step_{step:08d}", step, run.solver.trainables,
@@ -265,7 +274,13 @@ def train(cfg: Config, output: Path, hooks: RunHooks | None = None) -> dict[str,
     hooks = hooks or RunHooks()
     output = Path(output)
     check_output_dir(cfg, output)
-    run = build_run(cfg, output)
+    clock = PhaseClock()
+    with clock("setup"):
+        run = build_run(cfg, output)
+    for phase, seconds in run.world.seconds.items():  # the world's own build, inside setup
+        clock.add(phase, seconds)
+        clock.add("setup", -seconds)
+    run.clock = clock
     if run.dist.is_main:
         output.mkdir(parents=True, exist_ok=True)
         write_text_atomic(output / "config.yaml", dump_config(cfg))
@@ -290,14 +305,16 @@ def train(cfg: Config, output: Path, hooks: RunHooks | None = None) -> dict[str,
         _log(run, step, scalars, hooks)
         done = step + 1
         if cfg.train.sample_every and (done % cfg.train.sample_every == 0 or done == total):  # the report shows the last
-            _sample_grid(run, step)
+            with clock("sample_grids"):
+                _sample_grid(run, step)
         if done in eval_steps:  # the last step's evaluation is the end-of-run one below
             _evaluate_during_training(run, done, hooks)
         if done == total or (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0):
             _save(run, done, hooks)
-    _export_student(run, output / "student")
-    if run.world.pipeline_folder is not None and run.dist.is_main:
-        export_pipeline(load_student(output / "student"), run.world.pipeline_folder, output / "pipeline")
+    with clock("export"):
+        _export_student(run, output / "student")
+        if run.world.pipeline_folder is not None and run.dist.is_main:
+            export_pipeline(load_student(output / "student"), run.world.pipeline_folder, output / "pipeline")
     metrics: dict[str, Any] = {}
     if run.dist.is_main:
         metrics = {"solver": cfg.solver.name, "steps": total, "resumed_from": start,
@@ -309,9 +326,13 @@ def train(cfg: Config, output: Path, hooks: RunHooks | None = None) -> dict[str,
                    "seconds_per_step_median": float(np.median(run.timings)) if run.timings else None,
                    "student": run.student.description.get("stats", {})}
         if cfg.eval.enabled:
-            evaluation = evaluate(run.world, load_student(output / "student").model, cfg.eval)
+            with clock("evaluation"):
+                evaluation = evaluate(run.world, load_student(output / "student").model, cfg.eval)
             _record_eval(run, total, evaluation)
             metrics |= evaluation
+        clock.add("solver_iterations", sum(run.timings))
+        # this process's phases (a resumed run's only), and when it began, for a sweep's start-up share
+        metrics |= {"seconds": clock.as_dict(), "started_at": clock.started_at}
         metrics["peak_rss_mb"] = peak_rss_mb()
         write_json_atomic(output / "metrics.json", metrics)
         run.writer.close()

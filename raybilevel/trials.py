@@ -54,6 +54,16 @@ class SweepDir:
     def trials_dir(self) -> Path:
         return self.root / "trials"
 
+    def scheduler_decisions(self) -> list[dict[str, Any]]:
+        """The early-stopping scheduler's decisions in order; a line torn by a kill mid-append is skipped."""
+        rows = []
+        for line in self.scheduler_log.read_text().splitlines() if self.scheduler_log.is_file() else []:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows
+
     def trial_dir(self, trial_id: str) -> Path:
         return self.trials_dir / trial_id
 

@@ -28,7 +28,8 @@ from raybilevel.config import Config, flatten, parse_override
 from raybilevel.distributed import fit, storage_for
 from raybilevel.errors import UserError
 from raybilevel.references import write_references
-from raybilevel.report import Report, write_hparams, write_report
+from raybilevel.hparams import write_hparams
+from raybilevel.report import Report, write_report
 from raybilevel.schedulers import SCHEDULERS
 from raybilevel.schedulers.tune_adapter import RuleScheduler
 from raybilevel.search_space import SamplerSpec, SearchSpace, load_space, resolve

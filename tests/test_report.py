@@ -16,7 +16,8 @@ import yaml
 from helpers import cli
 from raybilevel import pareto
 from raybilevel.importance import importances
-from raybilevel.report import SAMPLES_TAG, write_hparams, write_report
+from raybilevel.hparams import write_hparams
+from raybilevel.report import SAMPLES_TAG, write_report
 from raybilevel.search_space import GridSpec, SearchSpace
 from raybilevel.trials import SweepDir, TrialRecord
 
@@ -188,3 +189,19 @@ def test_importance_ranks_each_objective_by_the_parameter_that_drives_it(tmp_pat
     for name in ("quality", "concept_rate"):
         assert sum(r["importance"] for r in rows if r["objective"] == name) == pytest.approx(1.0)
     assert importances(url, "no_such_study", ["quality", "concept_rate"]) == []
+
+
+def test_a_trials_time_splits_into_startup_phases_and_the_rest():
+    from raybilevel.phases import PHASES
+    from raybilevel.time_split import sweep_split, trial_split, work_share
+    from raybilevel.trials import TrialRecord
+
+    record = TrialRecord("t", {}, {}, "bome", status="done", started=100.0, finished=200.0)
+    phases = dict.fromkeys(PHASES, 0.0) | {"world": 5.0, "solver_iterations": 50.0, "evaluation": 20.0}
+    split = trial_split(record, {"seconds": phases, "started_at": 110.0})
+    assert split["startup"] == 10.0 and split["total"] == 100.0 and split["other"] == 100 - 10 - 5 - 50 - 20
+    assert work_share(split) == 0.7
+    assert trial_split(record, {}) is None  # a stopped or failed trial has no finished run to split
+    both = sweep_split([split, split | {"evaluation": 0.0, "total": 50.0}])
+    assert both["solver_iterations"] == 100.0 and both["total"] == 150.0 and both["trials"] == 2
+    assert both["work_share"] == pytest.approx((100 + 20) / 150)

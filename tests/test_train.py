@@ -145,3 +145,23 @@ def test_cli_prune_then_eval_a_student(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads(out.read_text())
     assert metrics["n_samples_per_group"] == 8 and math.isfinite(metrics["quality"]) and 0 <= metrics["concept_rate_raw"] <= 1
+
+
+def test_a_run_records_where_its_time_went_and_evaluates_at_its_fractions(tmp_path):
+    """metrics.json splits the run's seconds by phase (phases.py), together no more than its wall time, and
+    train.eval_fractions evaluates at those shares of the steps, each line with its progress."""
+    import time
+
+    from raybilevel.phases import PHASES
+
+    began = time.time()
+    metrics = train(load_config(None, TINY + ["train.steps=8", "train.eval_fractions=[0.25, 0.5]", "train.sample_every=4"]),
+                    tmp_path / "run")
+    wall = time.time() - began
+    seconds = metrics["seconds"]
+    assert list(seconds) == list(PHASES) and all(v >= 0 for v in seconds.values())
+    assert seconds["solver_iterations"] > 0 and seconds["evaluation"] > 0 and seconds["sample_grids"] > 0
+    assert seconds["concept_images"] > 0 and seconds["world"] > 0 and seconds["checkpointing"] > 0
+    assert sum(seconds.values()) <= wall and began <= metrics["started_at"] <= began + 1
+    evals = [json.loads(line) for line in (tmp_path / "run" / "evals.jsonl").read_text().splitlines()]
+    assert [(e["step"], e.get("progress")) for e in evals] == [(2, 0.25), (4, 0.5), (8, None)]

@@ -230,11 +230,14 @@ def test_an_interrupted_sweep_resumes_and_its_front_is_optunas(tmp_path, stop):
     assert sorted((list(f["objectives"].values()), sorted(f["params"].items())) for f in front) == \
         sorted((t.values, sorted(t.params.items())) for t in study.best_trials)
     assert len((out / "hypervolume.csv").read_text().splitlines()) == 1 + 3
-    # the teacher and the step-0 student, evaluated once at the base config, as references on the plot
+    # the teacher, the step-0 student and a distill-only run of the base config, once, as references on the plot
     references = json.loads((out / "references.json").read_text())["points"]
-    assert set(references) == {"teacher", "student_step_0"}
+    assert set(references) == {"teacher", "student_step_0", "distill_only"}
     assert all(0.0 <= point["attribute_accuracy"] <= 1.0 for point in references.values())
-    assert set(json.loads((out / "pareto.json").read_text())["references"]) <= {"teacher", "pruned student, before fine-tuning"}
+    assert load_config(out / "references" / "distill_only" / "config.yaml").solver.name == "distill_only"
+    assert references["distill_only"]["budget"]["upper_fb"] == 0 and references["distill_only"]["steps"] == 12
+    assert set(json.loads((out / "pareto.json").read_text())["references"]) <= {
+        "teacher", "pruned student, before fine-tuning", "distill-only, base config"}
     assert '<img class="samples"' in (out / "report.html").read_text()
 
 
@@ -317,4 +320,9 @@ def test_a_grid_sweep_runs_every_cell_and_reports_a_failed_trial_in_one_line(tmp
         cells = {row["student"]: row for row in csv.DictReader(f)}
     assert cells["pruned"]["n"] == "1" and cells["missing"]["n"] == "0"
     assert float(cells["pruned"]["quality_mean"]) == records["pruned"].objectives["quality"]
+    with open(out / "trials.csv") as f:  # the finished trial's time, split; the failed one has no run to split
+        times = {row["student"]: row for row in csv.DictReader(f)}
+    assert 0 < float(times["pruned"]["work_share"]) < 1 and times["missing"]["work_share"] == ""
+    assert float(times["pruned"]["startup_s"]) > 0 and float(times["pruned"]["total_s"]) >= float(times["pruned"]["solver_iterations_s"])
+    assert json.loads((out / "pareto.json").read_text())["time_split"]["trials"] == 1
     assert "/nonexistent-student" in (out / "report.html").read_text()

@@ -67,6 +67,7 @@ class World:
     pipeline_folder: Path | None = None  # the diffusers pipeline the teacher came from; students export beside it
     sampling: dict[str, Any] = field(default_factory=dict)  # steps, guidance: the world's sampler defaults
     info: dict[str, Any] = field(default_factory=dict)  # provenance written into run directories
+    seconds: dict[str, float] = field(default_factory=dict)  # build time by phase, e.g. concept_images
 
     @property
     def prediction_type(self) -> str:

@@ -11,6 +11,7 @@ import json
 import os
 import random
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -225,8 +226,10 @@ def build_diffusers_world(cfg: WorldConfig, seed: int, device: str | torch.devic
                          identity=dataset_identity(cfg.dataset))
     if isinstance(source, ImageCaptionStream):
         check_no_concept(data.captions, cfg.concept)  # a stream's captions arrive with its rows
+    began = time.perf_counter()
     images, image_prompts = (folder_concept_latents(cfg, prompts, teacher.vae, resolution) if cfg.concept_images
                              else sample_concept_latents(cfg, prompts, sampler, seed))
+    concept_seconds = time.perf_counter() - began
     unique_captions = sorted(set(data.captions))
     preservation = random.Random(seed).sample(unique_captions, min(N_PRESERVATION_PROMPTS, len(unique_captions)))
     concept = ConceptData(name=cfg.concept, prompts=prompts, anchor_prompts=anchors, images=images,
@@ -239,4 +242,5 @@ def build_diffusers_world(cfg: WorldConfig, seed: int, device: str | torch.devic
         sampling={"steps": sampler.steps, "guidance": sampler.guidance, "batch_size": sampler.batch_size},
         info={"pretrained": cfg.pretrained, "resolution": resolution, "clip_judge": judge.path,
               "quality": "fid (Inception)" if cfg.metrics.fid_weights else
-              "clip_fd: Frechet distance of CLIP image features, not Inception FID"})
+              "clip_fd: Frechet distance of CLIP image features, not Inception FID"},
+        seconds={"concept_images": concept_seconds})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,9 +71,11 @@ def build_toy_world(cfg: WorldConfig, seed: int, device: str | torch.device = "c
     anchor_prompts = [data.caption(data.anchor_item(item, cfg.concept)) for item in concept_items]
     image_prompts = [concept_prompts[i % len(concept_prompts)] for i in range(cfg.n_concept_images)]
     # The upper level sees teacher samples of the concept, never the world's real concept images.
+    began = time.perf_counter()
     images = sample(teacher, scheduler_config, prompts(image_prompts), prompts([""])[0], steps=steps,
                     guidance=guidance, generator=torch.Generator().manual_seed(seed + 202),
                     sample_shape=(3, data.RESOLUTION, data.RESOLUTION))
+    concept_seconds = time.perf_counter() - began
     concept = ConceptData(
         name=cfg.concept, prompts=concept_prompts, anchor_prompts=anchor_prompts, images=images,
         image_prompts=image_prompts,
@@ -86,4 +89,5 @@ def build_toy_world(cfg: WorldConfig, seed: int, device: str | torch.device = "c
         finetune=ToyFinetuneData(torch.from_numpy(samples.images), samples.captions), concept=concept,
         evaluator=evaluator, sampling={"steps": steps, "guidance": guidance, "batch_size": DEFAULT_BATCH},
         info={"world": "toy", "concept": cfg.concept, "assets": str(assets)},
+        seconds={"concept_images": concept_seconds},
     )
