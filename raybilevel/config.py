@@ -399,6 +399,37 @@ class TrainConfig:
 
 
 @dataclass
+class AttackConfig:
+    """A prompt attack on the student after erasure (raybilevel/attack.py): attack_concept_rate.
+
+    Args:
+        enabled: run it in every evaluation (its settings land in eval_settings.attack).
+        method: tokens (words from the world's vocabulary prepended, greedy coordinate search) or embedding
+            (the prompt's encoder output moved by Adam inside a ball of `radius` times its norm).
+        prompts: concept prompts attacked (the first ones that have concept images).
+        draws: (image, timestep, noise) draws the denoising loss averages over, fixed per prompt.
+        tokens / rounds: prepended words, and passes over them (tokens).
+        steps / lr / radius: Adam steps, learning rate and the ball's relative radius (embedding).
+    """
+
+    enabled: bool = False
+    method: str = "tokens"
+    prompts: int = 4
+    draws: int = 16
+    tokens: int = 2
+    rounds: int = 2
+    steps: int = 50
+    lr: float = 0.01
+    radius: float = 0.5
+
+    def validate(self, path: str) -> None:
+        _check(self.method in ("tokens", "embedding"), f"{path}.method", f"{self.method!r}: use tokens or embedding")
+        _check(min(self.prompts, self.draws, self.tokens, self.rounds, self.steps) >= 1, path,
+               "prompts, draws, tokens, rounds and steps must be >= 1")
+        _check(self.lr > 0 and self.radius > 0, path, "lr and radius must be > 0")
+
+
+@dataclass
 class EvalConfig:
     """Evaluation after training (and `raybilevel eval`).
 
@@ -406,6 +437,7 @@ class EvalConfig:
         n_samples: images per prompt group (concept, unrelated, paraphrase). seed: sampling seed.
         enabled: evaluate at the end of `train`.
         batch_size: images sampled at once (0 = the world's default: 256 toy, 16 diffusers).
+        attack: a prompt attack on the student, reported as attack_concept_rate (off by default).
     The sampler's steps and guidance are the world's (world.sampling_steps, world.guidance); every
     result records the settings it was made with under `eval_settings`.
     """
@@ -414,10 +446,12 @@ class EvalConfig:
     seed: int = 1234
     enabled: bool = True
     batch_size: int = 0
+    attack: AttackConfig = field(default_factory=AttackConfig)
 
     def validate(self, path: str) -> None:
         _check(self.n_samples >= 1, f"{path}.n_samples", "must be >= 1")
         _check(self.batch_size >= 0, f"{path}.batch_size", "must be >= 0 (0 = the world's default)")
+        self.attack.validate(f"{path}.attack")
 
 
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")

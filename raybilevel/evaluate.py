@@ -1,6 +1,7 @@
 """Evaluation of a student with its world's judges -> the metrics that land in metrics.json."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -11,8 +12,9 @@ from raybilevel.worlds.base import World
 
 def eval_settings(world: World, cfg: EvalConfig) -> dict[str, Any]:
     """What decides a result besides the model: written into every result so numbers can be reproduced."""
-    return {"sampler": "DDIM", **world.sampling, "batch_size": cfg.batch_size or world.sampling["batch_size"],
-            "seed": cfg.seed, "n_samples": cfg.n_samples}
+    settings = {"sampler": "DDIM", **world.sampling, "batch_size": cfg.batch_size or world.sampling["batch_size"],
+                "seed": cfg.seed, "n_samples": cfg.n_samples}
+    return settings | ({"attack": dataclasses.asdict(cfg.attack)} if cfg.attack.enabled else {})
 
 
 def evaluate(world: World, unet: torch.nn.Module, cfg: EvalConfig) -> dict[str, Any]:
@@ -21,6 +23,11 @@ def evaluate(world: World, unet: torch.nn.Module, cfg: EvalConfig) -> dict[str, 
     missing = {"quality", "concept_rate"} - set(metrics)
     if missing:
         raise RuntimeError(f"the {world.name} evaluator did not report {sorted(missing)}")
+    if cfg.attack.enabled:
+        from raybilevel.attack import attack_metrics
+
+        metrics |= attack_metrics(world, unet, cfg.attack, n_samples=cfg.n_samples, seed=cfg.seed,
+                                  batch_size=cfg.batch_size)
     return metrics | {"eval_settings": eval_settings(world, cfg)}
 
 

@@ -1,4 +1,4 @@
-"""Pareto front, non-dominated ranks and hypervolume (two objectives), each objective minimised or maximised.
+"""Pareto front, non-dominated ranks and hypervolume (any number of objectives), each minimised or maximised.
 
 Points are compared after turning every objective into one to minimise (max objectives are negated), so
 one rule serves both: a point dominates another if it is no worse in both and better in at least one.
@@ -26,16 +26,34 @@ def front_indices(points: Sequence[Point], modes: Sequence[str]) -> list[int]:
 
 
 def hypervolume(points: Sequence[Point], reference: Point, modes: Sequence[str]) -> float:
-    """Area dominated by `points` and bounded by `reference` (two objectives). Points no better than the
-    reference in both objectives add nothing."""
+    """Volume dominated by `points` and bounded by `reference` (any number of objectives). Points no better
+    than the reference in every objective add nothing."""
     ref = to_minimise(reference, modes)
     inside = sorted({to_minimise(p, modes) for p in points if all(x < r for x, r in zip(to_minimise(p, modes), ref))})
-    area, best_y = 0.0, ref[1]
-    for x, y in inside:  # sweep along the first objective; each new lower y adds a slab to the reference
-        if y < best_y:
-            area += (ref[0] - x) * (best_y - y)
-            best_y = y
-    return area
+    return _volume(inside, ref)
+
+
+def _volume(points: list[tuple[float, ...]], ref: tuple[float, ...]) -> float:
+    """Exact dominated volume of minimise-form points inside ref: slabs along the last objective, each the
+    volume of the points below it in one dimension fewer (fine for the few dozen points of a sweep)."""
+    if not points:
+        return 0.0
+    if len(ref) == 1:
+        return ref[0] - min(p[0] for p in points)
+    if len(ref) == 2:  # sweep along the first objective; each new lower second value adds a slab
+        area, best_y = 0.0, ref[1]
+        for x, y in sorted(points):
+            if y < best_y:
+                area += (ref[0] - x) * (best_y - y)
+                best_y = y
+        return area
+    by_last = sorted(points, key=lambda p: p[-1])
+    volume = 0.0
+    for i, point in enumerate(by_last):
+        top = by_last[i + 1][-1] if i + 1 < len(by_last) else ref[-1]
+        if top > point[-1]:
+            volume += (top - point[-1]) * _volume([p[:-1] for p in by_last[:i + 1]], ref[:-1])
+    return volume
 
 
 def nondominated_ranks(points: Sequence[Point]) -> list[int]:
@@ -67,7 +85,7 @@ def crowding_distances(points: Sequence[Point]) -> list[float]:
 
 
 def hypervolume_contributions(points: Sequence[Point], reference: Point) -> list[float]:
-    """Each point's exclusive hypervolume (two objectives, minimise form): what the set loses without it."""
+    """Each point's exclusive hypervolume (minimise form): what the set loses without it."""
     modes = ["min"] * len(reference)
     whole = hypervolume(points, reference, modes)
     return [whole - hypervolume([p for j, p in enumerate(points) if j != i], reference, modes) for i in range(len(points))]

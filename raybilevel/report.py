@@ -16,18 +16,11 @@ import csv
 import html
 import io
 import json
-import math
-import functools
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import matplotlib
-
-matplotlib.use("Agg")  # the report only writes files; no display is needed or available on a cluster
-import matplotlib.pyplot as plt  # noqa: E402
 
 from raybilevel import pareto
 from raybilevel.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
@@ -35,9 +28,10 @@ from raybilevel.importance import importances
 from raybilevel.references import read_references
 from raybilevel.search_space import SearchSpace, load_space
 from raybilevel.time_split import COLUMNS as TIME_COLUMNS, sweep_split, trial_split, work_share
-from raybilevel.trials import STATUSES, SweepDir, TrialRecord
+from raybilevel.report_figures import SAMPLES_TAG, plot_curves, plot_front, plot_hypervolume, sample_grid_png
+from raybilevel.trials import STATUSES, SweepDir, TrialRecord, in_cell, interval, run_metrics
 
-SAMPLES_TAG = "samples/concept_then_unrelated"  # the grid train.py logs every train.sample_every steps
+__all__ = ["Report", "SAMPLES_TAG", "ablation_rows", "analyse", "write_report"]
 
 
 @dataclass
@@ -95,7 +89,7 @@ def write_report(root: Path) -> Report:
     if sweep.optuna_db.is_file() and not report.space.grid:
         report.importance = importances(sweep.optuna_url, report.space.name, report.objectives)
         _write_csv(sweep.root / "importance.csv", report.importance, ["objective", "param", "importance"])
-    figures = {"pareto": _plot_front(report), "curves": _plot_curves(report), "hypervolume": _plot_hypervolume(report)}
+    figures = {"pareto": plot_front(report), "curves": plot_curves(report), "hypervolume": plot_hypervolume(report)}
     for name, png in figures.items():
         if png:
             write_bytes_atomic(sweep.root / f"{name}.png", png)
@@ -114,25 +108,6 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> No
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(path, text.getvalue())
-
-
-def run_metrics(record: TrialRecord) -> dict[str, Any]:
-    """The trial's metrics.json ({} before it has one), read once per file version."""
-    path = record.run_dir / "metrics.json" if record.folder else None
-    return _read_metrics(path, path.stat().st_mtime_ns) if path is not None and path.is_file() else {}
-
-
-@functools.lru_cache(maxsize=1024)
-def _read_metrics(path: Path, mtime_ns: int) -> dict[str, Any]:
-    return json.loads(path.read_text())
-
-
-def interval(record: TrialRecord, name: str) -> tuple[float, float] | None:
-    """The 95% bootstrap interval of an objective from the trial's metrics.json (`<name>_ci`), if any."""
-    value = run_metrics(record).get(f"{name}_ci")
-    if not isinstance(value, list) or len(value) != 2 or not all(isinstance(v, (int, float)) for v in value):
-        return None
-    return (float(value[0]), float(value[1])) if all(math.isfinite(v) for v in value) else None
 
 
 def _trial_row(report: Report, record: TrialRecord) -> dict[str, Any]:
@@ -179,15 +154,11 @@ def _sweep_time(report: Report) -> dict[str, float] | None:
     return sweep_split(splits) if splits else None
 
 
-def _in_cell(record: TrialRecord, cell: dict[str, str]) -> bool:
-    return all(record.params.get(factor) == level for factor, level in cell.items())
-
-
 def ablation_rows(report: Report) -> list[dict[str, Any]]:
     """Grids: per cell (one level of every factor), mean and sample standard deviation over its seeds."""
     rows = []
     for cell in report.space.grid.cells():
-        runs = [r for r in report.records if r.valid(report.objectives) and _in_cell(r, cell)]
+        runs = [r for r in report.records if r.valid(report.objectives) and in_cell(r, cell)]
         row: dict[str, Any] = {**cell, "n": len(runs)}
         for name in report.objectives:
             values = [r.objectives[name] for r in runs]
@@ -195,123 +166,6 @@ def ablation_rows(report: Report) -> list[dict[str, Any]]:
             row[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else None
         rows.append(row)
     return rows
-
-
-# ---------------------------------------------------------------------------------------------- figures
-def _figure_png(fig: plt.Figure) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def _solver_colours(records: list[TrialRecord]) -> dict[str, Any]:
-    solvers = sorted({r.solver for r in records})
-    return {s: matplotlib.colormaps["tab10"](i % 10) for i, s in enumerate(solvers)}
-
-
-def _axis_label(report: Report, i: int) -> str:
-    return f"{report.objectives[i]} ({'lower' if report.modes[i] == 'min' else 'higher'} is better)"
-
-
-def _plot_front(report: Report) -> bytes | None:
-    valid = [r for r in report.records if r.valid(report.objectives)]
-    if not valid:
-        return None
-    colours = _solver_colours(valid)
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    for solver, colour in colours.items():
-        xs, ys = zip(*(report.point(r) for r in valid if r.solver == solver))
-        ax.scatter(xs, ys, color=colour, label=solver, s=30, alpha=0.8)
-        for record in (r for r in valid if r.solver == solver):  # 95% bootstrap intervals as error bars
-            x, y = report.point(record)
-            spans = [interval(record, name) for name in report.objectives]
-            xerr = [[max(0.0, x - spans[0][0])], [max(0.0, spans[0][1] - x)]] if spans[0] else None
-            yerr = [[max(0.0, y - spans[1][0])], [max(0.0, spans[1][1] - y)]] if spans[1] else None
-            if xerr or yerr:
-                ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt="none", ecolor=colour, alpha=0.5, linewidth=0.8)
-    fx, fy = zip(*(report.point(r) for r in report.front))
-    ax.scatter(fx, fy, s=140, facecolors="none", edgecolors="black", linewidths=1.5, label="Pareto front")
-    ax.step(fx, fy, where="post", color="black", linewidth=0.8)
-    for (label, point), marker in zip(report.references.items(), ("*", "P", "D")):
-        ax.scatter(*point[:2], marker=marker, s=160, color="dimgray", edgecolors="black", label=label, zorder=3)
-    ax.margins(0.1)
-    ax.autoscale(False)  # the reference point is often far out: keep the trials readable, state it below
-    ax.scatter(*report.reference, marker="x", color="red", label="reference point", clip_on=True)
-    ax.set_xlabel(_axis_label(report, 0))
-    ax.set_ylabel(_axis_label(report, 1))
-    ax.set_title(f"{report.space.name}: {len(valid)} trials, hypervolume {report.hypervolume:.4g}\n"
-                 f"reference point {report.reference}", fontsize=10)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the axes: never over a point
-    return _figure_png(fig)
-
-
-def _plot_hypervolume(report: Report) -> bytes | None:
-    if not report.history:
-        return None
-    fig, ax = plt.subplots(figsize=(6.4, 3.2))
-    counts, _, volumes = zip(*report.history)
-    ax.step(counts, volumes, where="post", marker="o", color="black")
-    ax.set_xlabel("trials finished")
-    ax.set_ylabel("hypervolume (higher is better)")
-    ax.set_title(f"reference point {report.reference}", fontsize=10)
-    return _figure_png(fig)
-
-
-def _eval_curve(record: TrialRecord, metric: str) -> list[tuple[float, float]]:
-    """(compute spent in MACs, metric) at each evaluation: trials at equal compute take different numbers of
-    steps, so compute is the axis they share."""
-    path = record.run_dir / "evals.jsonl"
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    return [(row["macs"], row[metric]) for row in rows if isinstance(row.get(metric), (int, float)) and "macs" in row]
-
-
-def _plot_curves(report: Report) -> bytes | None:
-    """Objectives against compute: a line per trial coloured by solver (searches), or per cell with
-    the mean over seeds and their range shaded (grids)."""
-    done = [r for r in report.records if r.status in ("done", "stopped")]  # a stopped trial's curve ends early
-    if not any(_eval_curve(r, report.objectives[0]) for r in done):
-        return None
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    colours = _solver_colours(done)
-    for ax, metric in zip(axes, report.objectives):
-        if report.space.grid:
-            for cell in report.space.grid.cells():
-                by_step: dict[int, list[float]] = {}
-                for run in (r for r in done if _in_cell(r, cell)):
-                    for step, value in _eval_curve(run, metric):
-                        by_step.setdefault(step, []).append(value)
-                steps = sorted(by_step)
-                if steps:
-                    line, = ax.plot(steps, [statistics.fmean(by_step[s]) for s in steps], marker="o", label="/".join(cell.values()))
-                    ax.fill_between(steps, [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps],
-                                    color=line.get_color(), alpha=0.15)
-        else:
-            for run in done:
-                curve = _eval_curve(run, metric)
-                if curve:
-                    ax.plot(*zip(*curve), color=colours[run.solver], alpha=0.7, marker=".")
-            for solver, colour in colours.items():
-                ax.plot([], [], color=colour, label=solver)
-        ax.set_xlabel("compute spent (MACs)")
-        ax.set_ylabel(metric)
-        ax.legend(fontsize=7)
-    return _figure_png(fig)
-
-
-def sample_grid_png(run_dir: Path) -> bytes | None:
-    """The last sample grid the run logged to TensorBoard, as PNG bytes (None if it logged none)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    folder = run_dir / "tensorboard"
-    if not folder.is_dir():
-        return None
-    events = EventAccumulator(str(folder), size_guidance={"images": 1, "scalars": 1, "tensors": 1}).Reload()
-    if SAMPLES_TAG not in events.Tags()["images"]:
-        return None
-    return events.Images(SAMPLES_TAG)[-1].encoded_image_string
 
 
 # ---------------------------------------------------------------------------------------------- HTML

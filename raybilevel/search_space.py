@@ -174,7 +174,7 @@ class SearchSpace:
         base: the config every trial starts from (dotted keys or nested sections).
         params: searched keys (see ParamSpec), in the order they are sampled.
         grid: an ablation grid (see GridSpec), run with Tune's grid search.
-        objectives: two reported metrics and their directions (min or max), for the Pareto front.
+        objectives: two or three reported metrics and their directions (min or max), for the Pareto front.
         reference_point: one value per objective, worse than any trial of interest, for the hypervolume.
         sampler: Optuna's sampler (searches only).
         scheduler: early stopping at rungs (see SchedulerSpec); its rungs become train.eval_fractions.
@@ -308,7 +308,7 @@ def validate(space: SearchSpace) -> SearchSpace:
     """Everything checkable before a trial runs; raises ConfigError / UserError naming the key."""
     _require(bool(space.name) and "/" not in space.name, "name", "give the sweep a name (no '/')")
     _require((space.grid is None) != (not space.params), "params", "give either params (a search) or grid (an ablation)")
-    _require(len(space.objectives) == 2, "objectives", "name exactly two metrics: the front is drawn in two dimensions")
+    _require(len(space.objectives) in (2, 3), "objectives", "name two or three metrics (three are drawn as pairwise projections)")
     for metric, mode in space.objectives.items():
         _require(mode in ("min", "max"), f"objectives.{metric}", f"{mode!r}: use min or max")
     _require(set(space.reference_point) == set(space.objectives), "reference_point",

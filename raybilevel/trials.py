@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -122,3 +123,26 @@ class TrialRecord:
     @classmethod
     def load(cls, path: Path) -> "TrialRecord":
         return cls(**json.loads(path.read_text()), folder=path.parent)
+
+
+def run_metrics(record: TrialRecord) -> dict[str, Any]:
+    """The trial's metrics.json ({} before it has one), read once per file version."""
+    path = record.run_dir / "metrics.json" if record.folder else None
+    return _read_metrics(path, path.stat().st_mtime_ns) if path is not None and path.is_file() else {}
+
+
+@functools.lru_cache(maxsize=1024)
+def _read_metrics(path: Path, mtime_ns: int) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def interval(record: TrialRecord, name: str) -> tuple[float, float] | None:
+    """The 95% bootstrap interval of an objective from the trial's metrics.json (`<name>_ci`), if any."""
+    value = run_metrics(record).get(f"{name}_ci")
+    if not isinstance(value, list) or len(value) != 2 or not all(isinstance(v, (int, float)) for v in value):
+        return None
+    return (float(value[0]), float(value[1])) if all(math.isfinite(v) for v in value) else None
+
+
+def in_cell(record: TrialRecord, cell: dict[str, str]) -> bool:
+    return all(record.params.get(factor) == level for factor, level in cell.items())

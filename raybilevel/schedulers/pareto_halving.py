@@ -2,8 +2,8 @@
 
 Rungs sit at fractions of each trial's run (grace, grace·reduction, ... below 1). When a trial reports an
 evaluation at or past a rung it has not been judged at, it joins that rung's results and is ranked among
-every trial judged there so far: by non-dominated rank, then (two objectives) by exclusive hypervolume
-contribution against the sweep's reference point, or (more) by crowding distance, then by arrival. It
+every trial judged there so far: by non-dominated rank, then (two or three objectives) by exclusive
+hypervolume contribution against the sweep's reference point, or (more) by crowding distance, then by arrival. It
 continues if it sits in the best ceil(n / reduction) of the n; otherwise it stops. As in ASHA, the first
 trials at a rung always continue, and a decision is never revisited.
 
@@ -98,7 +98,7 @@ class ParetoHalving:
         for rank in set(ranks):
             members = [k for k, r in enumerate(ranks) if r == rank]
             layer = [points[k] for k in members]
-            values_in_layer = (hypervolume_contributions(layer, self.reference) if len(self.objectives) == 2
+            values_in_layer = (hypervolume_contributions(layer, self.reference) if len(self.objectives) <= 3
                                else crowding_distances(layer))
             for k, value in zip(members, values_in_layer):
                 spread[k] = value

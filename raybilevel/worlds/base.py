@@ -52,6 +52,11 @@ class Evaluator(Protocol):
         they must hold at least `quality` and `concept_rate`."""
         ...
 
+    def judge_concept(self, images: torch.Tensor, prompts: list[str], *, seed: int, prefix: str) -> dict[str, Any]:
+        """How often images drawn for concept `prompts` (one per image) show the concept: `prefix`, its 95%
+        interval `prefix_ci` and what the world's rates carry beside them (the attack reads this)."""
+        ...
+
 
 @dataclass
 class World:
@@ -68,6 +73,7 @@ class World:
     sampling: dict[str, Any] = field(default_factory=dict)  # steps, guidance: the world's sampler defaults
     info: dict[str, Any] = field(default_factory=dict)  # provenance written into run directories
     seconds: dict[str, float] = field(default_factory=dict)  # build time by phase, e.g. concept_images
+    vocabulary: list[str] = field(default_factory=list)  # words a prompt attack may choose from
 
     @property
     def prediction_type(self) -> str:

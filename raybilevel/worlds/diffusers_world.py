@@ -12,6 +12,7 @@ import os
 import random
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -170,6 +171,12 @@ def sample_concept_latents(cfg: WorldConfig, prompts: list[str], sampler: Prompt
     return latents, image_prompts
 
 
+def caption_vocabulary(texts: list[str], size: int = 256) -> list[str]:
+    """The `size` commonest words of the concept prompts and captions: the words a prompt attack tries."""
+    counts = Counter(word for text in texts for word in re.findall(r"[a-z]+", text.lower()))
+    return [word for word, _ in counts.most_common(size)]
+
+
 def folder_concept_latents(cfg: WorldConfig, prompts: list[str], vae: torch.nn.Module,
                            resolution: int) -> tuple[torch.Tensor, list[str]]:
     """Encode a folder of concept images; image i is paired with prompt i mod len(prompts)."""
@@ -243,4 +250,4 @@ def build_diffusers_world(cfg: WorldConfig, seed: int, device: str | torch.devic
         info={"pretrained": cfg.pretrained, "resolution": resolution, "clip_judge": judge.path,
               "quality": "fid (Inception)" if cfg.metrics.fid_weights else
               "clip_fd: Frechet distance of CLIP image features, not Inception FID"},
-        seconds={"concept_images": concept_seconds})
+        seconds={"concept_images": concept_seconds}, vocabulary=caption_vocabulary(prompts + data.captions))

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from raybilevel.errors import UserError
-from raybilevel.metrics import KernelReference, changed_prompt_share, frechet_distance
+from raybilevel.metrics import KernelReference, bootstrap_interval, changed_prompt_share, frechet_distance
 from raybilevel.worlds.base import ConceptData
 from raybilevel.worlds.clip_judge import ClipJudge, clip_similarity, concept_decisions
 from raybilevel.worlds.fid import InceptionFeatures
@@ -109,6 +109,15 @@ class SDEvaluator:
             save_file({"similarities": similarities.contiguous()}, partial)
             partial.replace(file)
         return similarities
+
+    def judge_concept(self, images: torch.Tensor, prompts: list[str], *, seed: int, prefix: str) -> dict[str, Any]:
+        """The CLIP concept decision (closer to the prompt than to its anchor) per image, its share and a
+        95% bootstrap interval."""
+        anchors = dict(zip(self.concept.prompts, self.concept.anchor_prompts))
+        shows = concept_decisions(self.judge.embed_images(images), self.judge.embed_texts(prompts),
+                                  self.judge.embed_texts([anchors[p] for p in prompts])).double()
+        return {prefix: shows.mean().item(), f"{prefix}_n": len(shows),
+                f"{prefix}_ci": bootstrap_interval(lambda rows: shows[rows].mean().item(), len(shows), seed=seed)}
 
     def _prompt_set(self, unet: torch.nn.Module, prompt_set: PromptSet, n_samples: int,
                     generator: torch.Generator, batch_size: int) -> dict[str, Any]:

@@ -113,13 +113,20 @@ class ToyEvaluator:
         for name, groups in self.groups.items():
             images, items, wanted = self._draw(unet, groups, n_samples, generator, batch_size)
             features, predicted = read_attributes(self.judge, images)
-            rates = concept_rates(predicted, wanted, self.concept)
             results |= rate_metrics(prefixes[name], predicted, wanted, self.concept, seed)
             if name == "unrelated":
                 results |= self._quality(images, features, predicted, wanted, items, seed)
         results["quality_metric"] = QUALITY_METRIC
         results["quality"], results["quality_ci"] = results[QUALITY_METRIC], results[f"{QUALITY_METRIC}_ci"]
         return results
+
+    def judge_concept(self, images: torch.Tensor, prompts: list[str], *, seed: int, prefix: str) -> dict[str, Any]:
+        """Concept prompts are canonical captions of concept items: judged as the concept group is."""
+        by_caption = {data.caption(item): item for item in data.items_with(self.concept)}
+        items = [by_caption[p] for p in prompts]
+        wanted = {a: np.array([data.label_index(a, item.value(a)) for item in items]) for a in data.ATTRIBUTES}
+        _, predicted = read_attributes(self.judge, images)
+        return rate_metrics(prefix, predicted, wanted, self.concept, seed)
 
     def reference(self) -> KernelReference:
         """Judge features of REFERENCE_SIZE real renders of the unrelated prompts, built once per world."""

@@ -89,5 +89,5 @@ def build_toy_world(cfg: WorldConfig, seed: int, device: str | torch.device = "c
         finetune=ToyFinetuneData(torch.from_numpy(samples.images), samples.captions), concept=concept,
         evaluator=evaluator, sampling={"steps": steps, "guidance": guidance, "batch_size": DEFAULT_BATCH},
         info={"world": "toy", "concept": cfg.concept, "assets": str(assets)},
-        seconds={"concept_images": concept_seconds},
+        seconds={"concept_images": concept_seconds}, vocabulary=data.vocabulary(),
     )
