@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from raybilevel.config import EvalConfig
+from raybilevel.sampling import sample
 from raybilevel.worlds.base import World
 
 
@@ -40,3 +41,14 @@ def image_grid(images: torch.Tensor, columns: int = 8) -> torch.Tensor:
         r, col = divmod(i, columns)
         grid[:, r * h:(r + 1) * h, col * w:(col + 1) * w] = (image.float() + 1) / 2
     return grid.clamp(0, 1)
+
+
+@torch.no_grad()
+def sample_grid(world: World, unet: torch.nn.Module, seed: int) -> torch.Tensor:
+    """8 concept prompts then 8 unrelated ones, from noise seeded by `seed`: the grid runs log, so that a
+    student's grid and its teacher's (references.py) show the same prompts from the same noise."""
+    concept, keep = world.concept.prompts[:8], world.concept.preservation_prompts[:8]
+    images = sample(unet, world.scheduler_config, world.prompts(concept + keep), world.prompts([""])[0],
+                    steps=world.sampling["steps"], guidance=world.sampling["guidance"],
+                    generator=torch.Generator().manual_seed(seed), sample_shape=world.sample_shape, vae=world.vae)
+    return image_grid(images)

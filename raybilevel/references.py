@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from raybilevel.atomic import write_json_atomic
+from raybilevel.atomic import write_bytes_atomic, write_json_atomic
 from raybilevel.config import Config, config_from_dict
 
 REFERENCES_FILE = "references.json"
@@ -29,19 +29,35 @@ def distill_only_config(cfg: Config) -> Config:
     return config_from_dict(tree)
 
 
+TEACHER_GRID = "teacher_samples.png"  # in DIR/references/: beside each front trial's grid in the report
+
+
 def evaluate_references(cfg: Config, root: Path) -> dict[str, dict[str, Any]]:
     """The teacher's, the step-0 pruned student's and the distill-only run's metrics (the evaluation a
-    trial ends with)."""
-    from raybilevel.evaluate import evaluate
+    trial ends with); also the teacher's sample grid from the noise and prompts trials' grids use."""
+    from raybilevel.evaluate import evaluate, sample_grid
     from raybilevel.pruning import prune
     from raybilevel.train import train
     from raybilevel.worlds import build_world
 
     world = build_world(cfg.world, cfg.seed)
+    (root / "references").mkdir(parents=True, exist_ok=True)
+    write_png(root / "references" / TEACHER_GRID, sample_grid(world, world.teacher.float().eval(), cfg.eval.seed))
     student = prune(cfg.pruning.method, world.teacher, sparsity=cfg.pruning.sparsity, seed=cfg.seed, path=cfg.pruning.path)
     points = {"teacher": evaluate(world, world.teacher, cfg.eval), "student_step_0": evaluate(world, student.model, cfg.eval)}
     del world, student
     return points | {"distill_only": train(distill_only_config(cfg), root / "references" / "distill_only")}
+
+
+def write_png(path: Path, grid: Any) -> None:
+    """A (3, H, W) image in [0, 1] as a PNG, written atomically."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(buffer, format="PNG")
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def write_references(root: Path, cfg: Config) -> None:

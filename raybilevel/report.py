@@ -25,7 +25,7 @@ from typing import Any
 from raybilevel import pareto
 from raybilevel.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from raybilevel.importance import importances
-from raybilevel.references import read_references
+from raybilevel.references import TEACHER_GRID, read_references
 from raybilevel.search_space import SearchSpace, load_space
 from raybilevel.time_split import COLUMNS as TIME_COLUMNS, sweep_split, trial_split, work_share
 from raybilevel.report_figures import SAMPLES_TAG, plot_curves, plot_front, plot_hypervolume, sample_grid_png
@@ -44,6 +44,7 @@ class Report:
     importance: list[dict[str, Any]] = field(default_factory=list)  # (objective, param, importance) rows
     references: dict[str, tuple[float, ...]] = field(default_factory=dict)  # label: objectives (references.py)
     decisions: list[dict[str, Any]] = field(default_factory=list)  # the early-stopping scheduler's, in order
+    teacher_grid: bytes | None = None  # the teacher's sample grid from the trials' noise (references.py)
 
     @property
     def objectives(self) -> list[str]:
@@ -85,6 +86,8 @@ def write_report(root: Path) -> Report:
     report = analyse(sweep)
     report.references = read_references(sweep.root, report.objectives)
     report.decisions = sweep.scheduler_decisions()
+    teacher_grid = sweep.root / "references" / TEACHER_GRID
+    report.teacher_grid = teacher_grid.read_bytes() if teacher_grid.is_file() else None
     _write_tables(report, sweep.root)
     if sweep.optuna_db.is_file() and not report.space.grid:
         report.importance = importances(sweep.optuna_url, report.space.name, report.objectives)
@@ -196,7 +199,9 @@ def _status_counts(records: list[TrialRecord]) -> str:
 def _html(report: Report, figures: dict[str, bytes | None]) -> str:
     space, objectives = report.space, report.objectives
     params = _param_keys(report.records)
-    front_rows = [_trial_row(report, r) | {"samples": _img(sample_grid_png(r.run_dir), "sample grid", "no sample grid (set train.sample_every)", css="samples")} for r in report.front]
+    teacher = _img(report.teacher_grid, "teacher sample grid", "no teacher grid yet (references)", css="samples")
+    front_rows = [_trial_row(report, r) | {"samples": _img(sample_grid_png(r.run_dir), "sample grid", "no sample grid (set train.sample_every)", css="samples"),
+                                           "teacher, same noise": teacher} for r in report.front]
     sections = [
         f"<h1>Sweep {html.escape(space.name)}</h1><p>{html.escape(space.description)}</p>",
         f"<p>{len(report.records)} trials ({_status_counts(report.records)}; "
@@ -204,8 +209,10 @@ def _html(report: Report, figures: dict[str, bytes | None]) -> str:
         f"objectives {', '.join(f'{n} ({m})' for n, m in space.objectives.items())}; hypervolume "
         f"<b>{report.hypervolume:.6g}</b> against the reference point {html.escape(json.dumps(space.reference_point))}.</p>",
         _img(figures["pareto"], "Pareto plot", "no Pareto plot: no trial with finite objectives yet"),
-        "<h2>Pareto front</h2><p>Sample grids: concept prompts, then unrelated prompts.</p>",
-        _table(front_rows, ["trial_id", "solver", *objectives, *params, "samples"], raw=("samples",)),
+        "<h2>Pareto front</h2><p>Sample grids: concept prompts, then unrelated prompts; beside each, the teacher's "
+        "from the same noise and prompts.</p>",
+        _table(front_rows, ["trial_id", "solver", *objectives, *params, "samples", "teacher, same noise"],
+               raw=("samples", "teacher, same noise")),
     ]
     if space.grid:
         rows = [row | {n: _mean_spread(row, n) for n in objectives} for row in ablation_rows(report)]

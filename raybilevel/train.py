@@ -26,14 +26,13 @@ from raybilevel.config import Config, dump_config, flatten
 from raybilevel.engine import (DeepSpeedTrainable, DistInfo, barrier, checkpoint_dirs, deepspeed_config,
                                init_distributed, load_checkpoint, save_checkpoint, save_rank_checkpoint)
 from raybilevel.errors import UserError
-from raybilevel.evaluate import evaluate, image_grid
+from raybilevel.evaluate import evaluate, sample_grid
 from raybilevel.faults import crash_point
 from raybilevel.export import export_pipeline
 from raybilevel.losses import FineTuneLoss
 from raybilevel.phases import PhaseClock
 from raybilevel.pruning import PRUNERS, Student, load_student, prune, save_student
 from raybilevel.registry import Registry
-from raybilevel.sampling import sample
 from raybilevel.solvers import SOLVERS, Levels, Solver
 from raybilevel.solvers.compute import Costs, spent, steps_for_budget
 from raybilevel.solvers.data import EpochSampler
@@ -201,14 +200,9 @@ def _step_of(line: str) -> int | None:
 
 def _sample_grid(run: Run, step: int) -> None:
     """All ranks run the sampler (ZeRO-3 gathers parameters collectively); rank 0 writes the grid."""
-    concept, keep = run.world.concept.prompts[:8], run.world.concept.preservation_prompts[:8]
-    prompts = run.world.prompts
-    images = sample(run.solver.student.module, run.world.scheduler_config, prompts(concept + keep), prompts([""])[0],
-                    steps=run.world.sampling["steps"], guidance=run.world.sampling["guidance"],
-                    generator=torch.Generator().manual_seed(run.cfg.eval.seed), sample_shape=run.world.sample_shape,
-                    vae=run.world.vae)
+    grid = sample_grid(run.world, run.solver.student.module, run.cfg.eval.seed)
     if run.dist.is_main:
-        run.writer.add_image("samples/concept_then_unrelated", image_grid(images), step)
+        run.writer.add_image("samples/concept_then_unrelated", grid, step)
 
 
 def _export_student(run: Run, folder: Path) -> None:

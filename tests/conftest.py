@@ -43,9 +43,10 @@ def tiny_sd(tmp_path_factory):
     return build_tiny_sd_assets(tmp_path_factory.mktemp("tiny_sd"))
 
 
-# Module scope, not session: this process stays connected to the cluster while it lives, and later modules
-# start their own local Ray in this process (test_safety) or keep both cores for their own workers.
-@pytest.fixture(scope="module")
+# Session scope: started once, shut down after the last test. The pytest process stays connected to it, so
+# no test starts a local Ray in this process (the CLI and the dashboard probe run as subprocesses, whose
+# `ray.init(address="local")` starts a Ray of their own).
+@pytest.fixture(scope="session")
 def two_nodes():
     """A simulated cluster: a 0-CPU head and two 1-CPU nodes (~5-10 s to start), this process connected."""
     import ray

@@ -13,7 +13,6 @@ import sys
 import textwrap
 import time
 
-import psutil
 import pytest
 
 from raybilevel.atomic import write_json_atomic
@@ -108,13 +107,23 @@ def test_atomic_write_failure_keeps_the_old_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary file left behind
 
 
+# What the CLI does before a sweep, in a process of its own: the test process may be connected to the
+# session's simulated cluster, and a connected process cannot start a local Ray.
+DASHBOARD_PROBE = textwrap.dedent("""
+    import json, psutil
+    from raybilevel.tune import connected
+    with connected(None) as dashboard:
+        port = int(dashboard.rsplit(":", 1)[1])
+        listening = [c.laddr.ip for c in psutil.net_connections("inet")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    print(json.dumps({"dashboard": dashboard, "listening": listening}))
+""")
+
+
 @pytest.mark.slow
 def test_the_dashboard_listens_on_loopback_only():
-    from raybilevel.tune import connected
-
-    with connected(None) as dashboard:
-        host, port = dashboard.rsplit(":", 1)
-        assert host == "127.0.0.1"
-        listening = [c.laddr.ip for c in psutil.net_connections("inet")
-                     if c.status == psutil.CONN_LISTEN and c.laddr.port == int(port)]
-    assert listening and set(listening) == {"127.0.0.1"}
+    result = subprocess.run([sys.executable, "-c", DASHBOARD_PROBE], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    probe = json.loads(result.stdout.strip().splitlines()[-1])
+    assert probe["dashboard"].rsplit(":", 1)[0] == "127.0.0.1"
+    assert probe["listening"] and set(probe["listening"]) == {"127.0.0.1"}

@@ -239,6 +239,9 @@ def test_an_interrupted_sweep_resumes_and_its_front_is_optunas(tmp_path, stop):
     assert set(json.loads((out / "pareto.json").read_text())["references"]) <= {
         "teacher", "pruned student, before fine-tuning", "distill-only, base config"}
     assert '<img class="samples"' in (out / "report.html").read_text()
+    # the teacher's grid from the noise and prompts of the trials' grids, beside each front trial's
+    assert (out / "references" / "teacher_samples.png").is_file()
+    assert (out / "report.html").read_text().count('alt="teacher sample grid"') == len(front)
 
 
 HALVING_SPACE = TINY_SPACE | {
