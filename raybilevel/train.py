@@ -6,6 +6,7 @@ step's logged values, rank 0), student/ (the trained student) and metrics.json.
 from __future__ import annotations
 
 import json
+import math
 import random
 import resource
 import tempfile
@@ -259,6 +260,13 @@ def _save_checkpoint(run: Run, step: int, hooks: RunHooks) -> None:
         hooks.on_checkpoint(step, folder)
 
 
+def mid_run_eval_steps(every: int, fractions: list[float], total: int) -> set[int]:
+    """Steps done after which to evaluate before the end: multiples of `every`, and each fraction of the run
+    rounded up, so that it is never short of the fraction (a scheduler's rung reads progress >= fraction)."""
+    steps = set(range(every, total, every)) if every else set()
+    return steps | {max(1, math.ceil(f * total - 1e-9)) for f in fractions} - {total}
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -288,8 +296,7 @@ def train(cfg: Config, output: Path, hooks: RunHooks | None = None) -> dict[str,
     total = run.solver.levels.total_steps  # train.steps, or what train.compute_budget buys
     if cfg.train.eval_at_start and start == 0:
         _evaluate_during_training(run, 0, hooks)
-    eval_steps = set(range(cfg.train.eval_every, total, cfg.train.eval_every)) if cfg.train.eval_every else set()
-    eval_steps |= {max(1, round(f * total)) for f in cfg.train.eval_fractions} - {total}
+    eval_steps = mid_run_eval_steps(cfg.train.eval_every, cfg.train.eval_fractions, total)
     steps = range(start, total)
     for step in tqdm(steps, desc=f"train {cfg.solver.name}", disable=not run.dist.is_main, mininterval=5):
         began = time.perf_counter()

@@ -115,3 +115,14 @@ def test_ranks_crowding_and_contributions_against_direct_computations():
         assert contribution == pytest.approx(whole - hypervolume(rest, (10, 1), ["min", "min"]))
     assert hypervolume_contributions(front, (10, 1))[1] == pytest.approx(0.5 * 0.1)
     assert all(c >= 0 for p in itertools.permutations(front) for c in hypervolume_contributions(list(p), (10, 1)))
+
+
+def test_every_fraction_lands_on_the_first_step_at_or_past_it():
+    """round() had put 0.25 of 242 steps at step 60 (progress 0.248, short of the rung: never judged there)."""
+    from raybilevel.train import mid_run_eval_steps
+
+    for total in range(4, 400):
+        for fraction in (0.1, 0.25, 0.3, 0.5, 0.75, 0.9):
+            step = next(iter(mid_run_eval_steps(0, [fraction], total)), total)  # the end is evaluated anyway
+            assert step / total >= fraction > (step - 1) / total
+    assert mid_run_eval_steps(100, [0.25, 0.5], 300) == {75, 100, 150, 200}

@@ -299,6 +299,7 @@ GRID_SPACE = {
                                      "missing": {"pruning.method": "load", "pruning.path": "/nonexistent-student"}}},
              "seeds": [0]},
     "reference_point": {"quality": 1e6, "concept_rate": 1.0},
+    "scheduler": {"name": "pareto_halving", "grace": 0.5, "reduction": 2},  # grids stop early too
 }
 
 
@@ -328,4 +329,6 @@ def test_a_grid_sweep_runs_every_cell_and_reports_a_failed_trial_in_one_line(tmp
     assert 0 < float(times["pruned"]["work_share"]) < 1 and times["missing"]["work_share"] == ""
     assert float(times["pruned"]["startup_s"]) > 0 and float(times["pruned"]["total_s"]) >= float(times["pruned"]["solver_iterations_s"])
     assert json.loads((out / "pareto.json").read_text())["time_split"]["trials"] == 1
+    (decision,) = SweepDir(out).scheduler_decisions()  # the pruned cell at its rung; the other failed first
+    assert decision["trial"] == records["pruned"].trial_id and decision["step"] == 2 and not decision["stop"]
     assert "/nonexistent-student" in (out / "report.html").read_text()
