@@ -58,8 +58,14 @@ def _draw_pair(ax: Any, report: Report, valid: list[TrialRecord], pair: tuple[in
     i, j = pair
     colours = _solver_colours(valid)
     for solver, colour in colours.items():
-        xs, ys = zip(*((report.point(r)[i], report.point(r)[j]) for r in valid if r.solver == solver))
-        ax.scatter(xs, ys, color=colour, label=solver, s=30, alpha=0.8)
+        label = solver  # on the solver's first group: a solver may have only stopped trials
+        for stopped in (False, True):  # trials stopped early (their last evaluation) are drawn hollow
+            mine = [r for r in valid if r.solver == solver and (r.status == "stopped") == stopped]
+            if mine:
+                xs, ys = zip(*((report.point(r)[i], report.point(r)[j]) for r in mine))
+                ax.scatter(xs, ys, s=30, alpha=0.8, label=label,
+                           **({"facecolors": "none", "edgecolors": colour} if stopped else {"color": colour}))
+                label = None
         for record in (r for r in valid if r.solver == solver):  # 95% bootstrap intervals as error bars
             x, y = report.point(record)[i], report.point(record)[j]
             spans = [interval(record, report.objectives[k]) for k in pair]
@@ -71,6 +77,8 @@ def _draw_pair(ax: Any, report: Report, valid: list[TrialRecord], pair: tuple[in
     ax.scatter(fx, fy, s=140, facecolors="none", edgecolors="black", linewidths=1.5, label="Pareto front")
     if len(report.objectives) == 2:  # a projection of a 3-d front is not a staircase
         ax.step(fx, fy, where="post", color="black", linewidth=0.8)
+    if any(r.status == "stopped" for r in valid):
+        ax.scatter([], [], s=30, facecolors="none", edgecolors="gray", label="hollow: stopped early")
     for (label, point), marker in zip(report.references.items(), ("*", "P", "D")):
         ax.scatter(point[i], point[j], marker=marker, s=160, color="dimgray", edgecolors="black", label=label, zorder=3)
     ax.margins(0.1)
