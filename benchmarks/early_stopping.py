@@ -49,6 +49,7 @@ def space_file(arm: str, seed: int, opts: argparse.Namespace) -> Path:
     if arm == "halving":
         data["trials"] = opts.trials_halving
         data["scheduler"] = {"name": "pareto_halving", "grace": opts.grace, "reduction": opts.reduction}
+    data["description"] = f"early_stopping benchmark, {arm} arm: toy.yaml, sampler seed {seed}, {data['trials']} trials"
     path = RUNS / "spaces" / f"{arm}_s{seed}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -73,3 +73,30 @@ def test_teacher_sampler_refuses_the_eval_seed_and_records_its_choice(tmp_path):
         for values in cell["metrics"].values():
             assert all(0 <= v <= 1 for v in values.values())
     assert (tmp_path / "teacher_sampler.md").read_text().count("\n| 1.") == 2
+
+
+def test_early_stopping_reads_hypervolume_against_the_clock_from_the_records(tmp_path):
+    """Each point counts from its record's end (stopped trials with their last evaluation); the clock starts
+    at the first trial's start; a failed trial moves the clock, not the hypervolume."""
+    import shutil
+
+    from raybilevel.search_space import SPACES_DIR
+    from raybilevel.trials import SweepDir, TrialRecord
+
+    benchmark = _load_benchmark("early_stopping")
+    sweep = SweepDir(tmp_path / "sweep")
+    sweep.root.mkdir()
+    shutil.copy(SPACES_DIR / "toy.yaml", sweep.space_file)  # reference point (10, 1)
+    for name, status, started, finished, point in [("a", "done", 100.0, 160.0, (1.0, 0.5)),
+                                                    ("b", "stopped", 110.0, 130.0, (5.0, 0.2)),
+                                                    ("c", "failed", 120.0, 200.0, None)]:
+        record = TrialRecord(name, {}, {}, "bome", started=started, folder=sweep.trial_dir(name))
+        record.finish(status, dict(zip(("quality", "concept_rate"), point)) if point else {})
+        record.started, record.finished = started, finished
+        record.save()
+    curve, wall = benchmark.hypervolume_over_time(sweep.root)
+    b_alone = (10 - 5.0) * (1 - 0.2)
+    both = b_alone + (10 - 1.0) * (1 - 0.5) - (10 - 5.0) * (1 - 0.5)  # union of the two boxes
+    assert [t for t, _ in curve] == [30.0, 60.0, 100.0] and wall == 100.0
+    assert [hv for _, hv in curve] == pytest.approx([b_alone, both, both])
+    assert benchmark.time_to_reach(curve, both) == 60.0 and benchmark.time_to_reach(curve, both + 1) is None
