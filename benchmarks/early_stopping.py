@@ -124,9 +124,10 @@ def markdown(summary: dict, opts: argparse.Namespace) -> str:
         lines.append(f"| {seed} | {row['full_hv']:.4g} | {row['full_wall_s']:.0f} | {row['halving_hv']:.4g} | "
                      f"{row['halving_wall_s']:.0f} | {row['stopped']}/{row['halving_trials']} | {reached} | {share} |")
     if summary["share_mean"] is not None:
-        lines += ["", f"Share of the full sweep's wall time (seeds that reached it): {summary['share_mean']:.2f} "
-                      f"± {summary['share_ci95_halfwidth']:.2f} (95% t); never reached: {summary['never_reached']} "
-                      f"of {len(summary['seeds'])}. Target: <= 0.5."]
+        reached = len(summary["seeds"]) - summary["never_reached"]
+        spread = (f" ± {summary['share_ci95_halfwidth']:.2f} (95% t)" if reached > 1 else " (one seed: no interval)")
+        lines += ["", f"Share of the full sweep's wall time (seeds that reached it): {summary['share_mean']:.2f}"
+                      f"{spread}; never reached: {summary['never_reached']} of {len(summary['seeds'])}. Target: <= 0.5."]
     return "\n".join(lines) + "\n"
 
 
