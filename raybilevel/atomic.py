@@ -42,3 +42,26 @@ def finite(value: Any) -> Any:
 
 def write_json_atomic(path: Path, payload: Any) -> None:
     write_text_atomic(path, json.dumps(finite(payload), indent=2))
+
+
+def read_json_lines(path: Path) -> list[Any]:
+    """An append-only JSON-lines log ([] if absent). A line torn by a kill in the middle of an append is
+    skipped; `append_json_line` starts a fresh line after one, so the next record is never glued to it."""
+    rows = []
+    for line in Path(path).read_text().splitlines() if Path(path).is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def append_json_line(path: Path, row: Any) -> None:
+    path = Path(path)
+    with open(path, "a+b") as handle:  # writes append; the read below only looks at the last byte
+        torn = False
+        if handle.seek(0, os.SEEK_END) > 0:
+            handle.seek(-1, os.SEEK_END)
+            torn = handle.read(1) != b"\n"
+        handle.write((b"\n" if torn else b"") + json.dumps(row).encode() + b"\n")
+        handle.flush()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import json
 import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from raybilevel.atomic import read_json_lines  # noqa: E402
 from raybilevel.trials import TrialRecord, in_cell, interval  # noqa: E402
 
 if TYPE_CHECKING:
@@ -103,10 +103,7 @@ def plot_hypervolume(report: Report) -> bytes | None:
 def _eval_curve(record: TrialRecord, metric: str) -> list[tuple[float, float]]:
     """(compute spent in MACs, metric) at each evaluation: trials at equal compute take different numbers of
     steps, so compute is the axis they share."""
-    path = record.run_dir / "evals.jsonl"
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows = read_json_lines(record.run_dir / "evals.jsonl")  # a running trial's last line may be torn
     return [(row["macs"], row[metric]) for row in rows if isinstance(row.get(metric), (int, float)) and "macs" in row]
 
 

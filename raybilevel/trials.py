@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raybilevel.atomic import write_json_atomic
+from raybilevel.atomic import read_json_lines, write_json_atomic
 
 
 STATUSES = ("done", "stopped", "failed", "running")
@@ -56,14 +56,8 @@ class SweepDir:
         return self.root / "trials"
 
     def scheduler_decisions(self) -> list[dict[str, Any]]:
-        """The early-stopping scheduler's decisions in order; a line torn by a kill mid-append is skipped."""
-        rows = []
-        for line in self.scheduler_log.read_text().splitlines() if self.scheduler_log.is_file() else []:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return rows
+        """The early-stopping scheduler's decisions in order (a line torn by a kill is skipped)."""
+        return read_json_lines(self.scheduler_log)
 
     def trial_dir(self, trial_id: str) -> Path:
         return self.trials_dir / trial_id

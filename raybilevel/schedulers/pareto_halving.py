@@ -12,12 +12,12 @@ resumed sweep judges later trials against every earlier one and repeats a decisi
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from raybilevel.atomic import append_json_line, read_json_lines
 from raybilevel.pareto import crowding_distances, hypervolume_contributions, nondominated_ranks, to_minimise
 from raybilevel.schedulers import SCHEDULERS
 
@@ -53,15 +53,8 @@ class ParetoHalving:
         self.decisions = self._read_log()
 
     def _read_log(self) -> list[Decision]:
-        if not self.log.is_file():
-            return []
-        decisions = []
-        for line in self.log.read_text().splitlines():
-            try:
-                decisions.append(Decision(**json.loads(line)))
-            except (json.JSONDecodeError, TypeError):
-                continue  # a line torn by a kill mid-append: that decision is taken again
-        return decisions
+        # a torn line (a kill mid-append) is skipped by the reader: that decision is taken again
+        return [Decision(**row) for row in read_json_lines(self.log)]
 
     def decide(self, trial: str, result: dict[str, Any]) -> Decision | None:
         """The decision for a trial's evaluation, or None when it is at no new rung (keep going)."""
@@ -81,10 +74,7 @@ class ParetoHalving:
                               {name: _finite(result.get(name)) for name in self.objectives})
         self.decisions.append(decision)
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        torn = self.log.is_file() and not self.log.read_bytes().endswith(b"\n") and self.log.stat().st_size > 0
-        with open(self.log, "a") as handle:  # one line per decision; a torn line is skipped on read
-            handle.write(("\n" if torn else "") + json.dumps(asdict(decision)) + "\n")
-            handle.flush()
+        append_json_line(self.log, asdict(decision))
         return decision
 
     def _rank(self, trial: str, rung: float, progress: float, step: int, values: dict[str, float | None]) -> Decision:
@@ -103,12 +93,12 @@ class ParetoHalving:
             for k, value in zip(members, values_in_layer):
                 spread[k] = value
         # best first: lower rank, larger contribution, earlier arrival; unscored results come last
-        order = sorted(scored, key=lambda i: (ranks[scored.index(i)], -spread[scored.index(i)], i))
-        order += [i for i in range(len(here)) if i not in scored]
+        by_result = {i: (ranks[k], -spread[k]) for k, i in enumerate(scored)}
+        order = sorted(range(len(here)), key=lambda i: (i not in by_result, by_result.get(i, (0, 0.0)), i))
         me, n = len(here) - 1, len(here)
         kept = math.ceil(n / self.reduction)
         position = order.index(me) + 1
-        rank = ranks[scored.index(me)] if me in scored else -1
+        rank = by_result[me][0] if me in by_result else -1
         stop = position > kept
         where = f"at {rung:.0%} of its run (step {step})"
         if rank < 0:
