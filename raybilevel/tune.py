@@ -152,14 +152,23 @@ def run_sweep(space: SearchSpace, sweep: SweepDir, *, resume: bool = False) -> R
             run_config=tune.RunConfig(name=space.name, storage_path=storage, callbacks=[ReportEachTrial(sweep.root)],
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
-    # one CPU, beside the trials: the teacher and the step-0 student on the sweep's objectives (cached)
-    references = ray.remote(num_cpus=1)(write_references).remote(sweep.root.resolve(), example)
+    # beside the trials, in one trial worker's slot (a whole CPU had left no room for any trial's worker on a
+    # 2-CPU machine, stalling both first trials until it ended): teacher, step-0 and distill-only points (cached)
+    references = ray.remote(**reference_resources(example))(write_references).remote(sweep.root.resolve(), example)
     tuner.fit()
     try:
         ray.get(references)
     except ray.exceptions.RayError as error:  # the trials stand without them; say why in one line
         print(f"[raybilevel] reference points skipped: {str(error).strip().splitlines()[-1][:200]}")
     return write_report(sweep.root)
+
+
+def reference_resources(cfg: Config) -> dict[str, float]:
+    """What the reference task reserves: one trial worker's share, so that it takes one trial slot, not more."""
+    resources = {"num_cpus": cfg.ray.cpus_per_worker}
+    if cfg.ray.use_gpu:
+        resources["num_gpus"] = cfg.ray.gpus_per_worker
+    return resources
 
 
 def concurrency(space: SearchSpace, cfg: Config, total: dict[str, float]) -> int:

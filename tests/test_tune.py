@@ -19,7 +19,7 @@ from raybilevel.config import load_config
 from raybilevel.errors import UserError
 from raybilevel.search_space import SPACES_DIR, load_space
 from raybilevel.trials import SweepDir
-from raybilevel.tune import concurrency, prepare, sampler_for
+from raybilevel.tune import DRIVER_CPU, concurrency, prepare, reference_resources, sampler_for
 
 SHIPPED = sorted(SPACES_DIR.glob("*.yaml"))
 
@@ -119,6 +119,16 @@ def test_concurrency_fits_the_cluster():
         concurrency(space, load_config(None, ["ray.num_workers=2"]), {"CPU": 2.0})
     gpus = load_config(None, ["ray.num_workers=4", "ray.use_gpu=true", "ray.cpus_per_worker=8"])
     assert concurrency(space, gpus, {"CPU": 128.0, "GPU": 8.0}) == 2
+
+
+def test_the_reference_task_takes_one_trial_slot_and_no_more():
+    """On the default 2-CPU plan the reference run must leave room for one trial's worker (a whole CPU left
+    room for none: both first trials waited for it, 284 s each, in the 2026-12-02 default sweep)."""
+    cfg = load_space("toy").trial_config(load_space("toy").example_params())
+    free = 2.0 - reference_resources(cfg)["num_cpus"] - 2 * DRIVER_CPU  # two trials' drivers are up at once
+    assert free >= cfg.ray.num_workers * cfg.ray.cpus_per_worker
+    gpus = load_config(None, ["ray.use_gpu=true", "ray.cpus_per_worker=8", "ray.gpus_per_worker=1"])
+    assert reference_resources(gpus) == {"num_cpus": 8, "num_gpus": 1}
 
 
 def test_tune_cli_dry_run_prints_the_plan_and_bad_input_exits_2(tmp_path, capsys):
