@@ -124,7 +124,8 @@ def test_concurrency_fits_the_cluster():
 def test_the_reference_task_takes_one_trial_slot_and_no_more():
     """On the default 2-CPU plan the reference run must leave room for one trial's worker (a whole CPU left
     room for none: both first trials waited for it, 284 s each, in the 2026-12-02 default sweep)."""
-    cfg = load_space("toy").trial_config(load_space("toy").example_params())
+    space = load_space("toy")
+    cfg = space.trial_config(space.example_params())
     free = 2.0 - reference_resources(cfg)["num_cpus"] - 2 * DRIVER_CPU  # two trials' drivers are up at once
     assert free >= cfg.ray.num_workers * cfg.ray.cpus_per_worker
     gpus = load_config(None, ["ray.use_gpu=true", "ray.cpus_per_worker=8", "ray.gpus_per_worker=1"])
