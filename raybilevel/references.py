@@ -2,21 +2,30 @@
 fine-tuning, and that student fine-tuned by distillation alone (no erasure) sit on the sweep's objectives,
 so every trial reads against both ends and against "what fine-tuning does without the upper level".
 
-Evaluated once per sweep, at the space's base config (its world, pruning, budget, eval settings and seeds),
-as one Ray task beside the trials, and cached in DIR/references.json (a resumed sweep reuses it; the
-distill-only run lives in DIR/references/distill_only and resumes if interrupted). Grids whose factors
-change the pruning still get the base config's student: the plot names it as such.
+Evaluated at the space's base config (its world, pruning, budget, eval settings and seeds), as one Ray task
+beside the trials in one trial's slot (slots.py keeps Tune from starting a trial that would wait for it),
+and kept twice: in DIR/references.json + DIR/references/ (a resumed sweep reuses them), and in the cache
+(RAYBILEVEL_CACHE/references/KEY/), keyed by that config, the frozen models' identity and the package
+source, so the next sweep of the same base config (a rerun, another sampler seed, a benchmark arm) copies
+them instead of training the distill-only run again. An interrupted distill-only run resumes in the cache.
+Grids whose factors change the pruning still get the base config's student: the plot names it as such.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from raybilevel.atomic import write_bytes_atomic, write_json_atomic
 from raybilevel.config import Config, config_from_dict
+from raybilevel.worlds import frozen_identity
+from raybilevel.worlds.base import cache_dir, cache_key
 
 REFERENCES_FILE = "references.json"
+FAILED_FILE = "references_failed.json"  # the reason, when the reference task raised: the trials go on
 NAMES = {"teacher": "teacher", "student_step_0": "pruned student, before fine-tuning",
          "distill_only": "distill-only, base config"}
 
@@ -60,9 +69,47 @@ def write_png(path: Path, grid: Any) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
+def reference_key(cfg: Config) -> str:
+    """Everything that shapes the references: the distill-only config without its Ray resources, the
+    frozen teacher and judge, and the package's source (any code change recomputes them)."""
+    tree = distill_only_config(cfg).to_dict()
+    del tree["ray"]
+    package = Path(__file__).parent
+    source = cache_key([file.read_text() for file in sorted(package.rglob("*.py"))])
+    return cache_key([tree, frozen_identity(cfg.world), source])
+
+
 def write_references(root: Path, cfg: Config) -> None:
-    if not (root / REFERENCES_FILE).is_file():
-        write_json_atomic(root / REFERENCES_FILE, {"config": cfg.to_dict(), "points": evaluate_references(cfg, root)})
+    """DIR/references.json and DIR/references/, computed (or copied from the cache) once per sweep."""
+    if (root / REFERENCES_FILE).is_file():
+        return
+    cached = cache_dir() / "references" / reference_key(cfg)
+    with _exclusive(cached.with_suffix(".lock")):  # two sweeps of one base config train it once
+        if not (cached / REFERENCES_FILE).is_file():
+            write_json_atomic(cached / REFERENCES_FILE, {"points": evaluate_references(cfg, cached)})
+    shutil.copytree(cached / "references", root / "references", dirs_exist_ok=True)
+    points = json.loads((cached / REFERENCES_FILE).read_text())["points"]
+    write_json_atomic(root / REFERENCES_FILE, {"config": cfg.to_dict(), "cache": str(cached), "points": points})
+
+
+def mark_failed(root: Path, error: BaseException | None) -> None:
+    """Record why the references task ended without them (raised, or its process died), so the sweep
+    frees the slot it held; the trials go on. None (no error) records nothing."""
+    if error is not None:
+        write_json_atomic(root / FAILED_FILE, {"error": f"{type(error).__name__}: {str(error).strip()[-500:]}"})
+
+
+def reference_ended(root: Path) -> bool:
+    """Whether the sweep's references are written or have failed (either way, their slot is free)."""
+    return (root / REFERENCES_FILE).is_file() or (root / FAILED_FILE).is_file()
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
+        yield
 
 
 def read_references(root: Path, objectives: list[str]) -> dict[str, tuple[float, ...]]:

@@ -27,13 +27,14 @@ from raybilevel.atomic import write_text_atomic
 from raybilevel.config import Config, flatten, parse_override
 from raybilevel.distributed import fit, storage_for
 from raybilevel.errors import UserError
-from raybilevel.references import write_references
+from raybilevel.references import FAILED_FILE, mark_failed, write_references
 from raybilevel.hparams import write_hparams
 from raybilevel.report import Report, write_report
 from raybilevel.schedulers import SCHEDULERS
 from raybilevel.schedulers.tune_adapter import RuleScheduler
 from raybilevel.search_space import SamplerSpec, SearchSpace, load_space, resolve
 from raybilevel.search_space import validate as validate_space
+from raybilevel.slots import GatedGrid, GatedLimiter, SlotGate
 from raybilevel.trials import SweepDir, TrialRecord
 
 DRIVER_CPU = 0.01  # a trial's driver only waits on its Ray Train run
@@ -142,19 +143,23 @@ def run_sweep(space: SearchSpace, sweep: SweepDir, *, resume: bool = False) -> R
     else:
         sweep.root.mkdir(parents=True, exist_ok=True)
         write_text_atomic(sweep.space_file, yaml.safe_dump(dataclasses.asdict(space), sort_keys=False))
+        # one trial fewer at once while the reference run below holds a trial's slot (slots.py)
+        gate = SlotGate(sweep.root.resolve(), concurrency(space, example, ray.cluster_resources()))
+        search = GatedGrid(gate) if space.is_grid else GatedLimiter(_optuna(space, sweep), gate)
         tuner = tune.Tuner(
             trainable,
             param_space=space.grid_param_space() if space.is_grid else None,
-            tune_config=tune.TuneConfig(search_alg=None if space.is_grid else _optuna(space, sweep),
+            tune_config=tune.TuneConfig(search_alg=search,
                                         scheduler=_scheduler(space, sweep),
-                                        num_samples=1 if space.is_grid else space.trials,
-                                        max_concurrent_trials=concurrency(space, example, ray.cluster_resources())),
+                                        num_samples=1 if space.is_grid else space.trials),
             run_config=tune.RunConfig(name=space.name, storage_path=storage, callbacks=[ReportEachTrial(sweep.root)],
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
     # beside the trials, in one trial worker's slot (a whole CPU had left no room for any trial's worker on a
-    # 2-CPU machine, stalling both first trials until it ended): teacher, step-0 and distill-only points (cached)
+    # 2-CPU machine): teacher, step-0 and distill-only points (cached per sweep and per base config)
+    (sweep.root / FAILED_FILE).unlink(missing_ok=True)  # a resumed sweep tries again
     references = ray.remote(**reference_resources(example))(write_references).remote(sweep.root.resolve(), example)
+    references.future().add_done_callback(lambda done: mark_failed(sweep.root, done.exception()))
     tuner.fit()
     try:
         ray.get(references)

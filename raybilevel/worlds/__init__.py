@@ -1,10 +1,12 @@
 """Worlds: where the teacher, the data, the concept and the judges come from."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from raybilevel.config import WorldConfig
-from raybilevel.worlds.base import ConceptData, Evaluator, FinetuneData, World
+from raybilevel.worlds.base import ConceptData, Evaluator, FinetuneData, World, file_digest
 
 
 def check_world(cfg: WorldConfig) -> None:
@@ -19,6 +21,16 @@ def check_world(cfg: WorldConfig) -> None:
             raise UserError(f"world.concept: {error}") from None
 
 
+def frozen_identity(cfg: WorldConfig) -> list[str]:
+    """What names the world's frozen models in a cache key: the toy teacher's and judge's weights by content
+    (they can be rebuilt in place), a pipeline and a CLIP judge by resolved path (too large to hash)."""
+    if cfg.kind == "toy":
+        from raybilevel.worlds.toy.world import WEIGHTS, assets_dir
+
+        return [file_digest(assets_dir() / "teacher" / "unet" / WEIGHTS), file_digest(assets_dir() / "judge.safetensors")]
+    return [str(Path(path).resolve()) if Path(path).exists() else path for path in (cfg.pretrained, cfg.clip_judge)]
+
+
 def build_world(cfg: WorldConfig, seed: int, device: str | torch.device = "cpu") -> World:
     """The world of `cfg` with its frozen teacher and text encoder on `device`."""
     if cfg.kind == "toy":
@@ -30,4 +42,4 @@ def build_world(cfg: WorldConfig, seed: int, device: str | torch.device = "cpu")
     return build_diffusers_world(cfg, seed, device, judge_path=cfg.clip_judge or None)
 
 
-__all__ = ["ConceptData", "Evaluator", "FinetuneData", "World", "build_world", "check_world"]
+__all__ = ["ConceptData", "Evaluator", "FinetuneData", "World", "build_world", "check_world", "frozen_identity"]

@@ -5,12 +5,15 @@ real datasets (worlds/diffusers_world.py). Everything above this layer sees only
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from raybilevel.text import PromptEncoder
 
@@ -28,6 +31,33 @@ class FinetuneData(Protocol):
 def cache_dir() -> Path:
     """Where worlds keep what is slow to rebuild and shared by runs (teacher samples, their scores)."""
     return Path(os.environ.get("RAYBILEVEL_CACHE") or Path.home() / ".cache" / "raybilevel")
+
+
+def cache_key(identity: Any) -> str:
+    """A short name for everything (JSON-serialisable) that shapes a cached result."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def file_digest(path: Path) -> str:
+    """The content hash of a weights file: a teacher rebuilt at the same path must not reuse old samples."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def save_tensors_atomic(file: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Workers building the same world race for a cache file: each writes its own copy, then renames it."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    partial = file.with_suffix(f".{os.getpid()}.partial")
+    save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, partial)
+    os.replace(partial, file)
+
+
+def cached_tensor(file: Path, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """`compute()` on the CPU, read from `file` when an earlier run (or another trial) already wrote it."""
+    if file.is_file():
+        return load_file(file)["tensor"]
+    tensor = compute().cpu()
+    save_tensors_atomic(file, {"tensor": tensor})
+    return tensor
 
 
 @dataclass

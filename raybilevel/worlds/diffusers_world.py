@@ -6,9 +6,7 @@ the teacher's VAE. Concept images drawn from the teacher are cached on disk (RAY
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import random
 import re
 import time
@@ -18,13 +16,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from raybilevel.config import WorldConfig
 from raybilevel.errors import ConfigError, UserError
 from raybilevel.sampling import sample
 from raybilevel.text import PromptEncoder
-from raybilevel.worlds.base import ConceptData, World, cache_dir
+from raybilevel.worlds.base import ConceptData, World, cache_dir, cache_key, save_tensors_atomic
 from raybilevel.worlds.clip_judge import ClipJudge
 from raybilevel.worlds.datasets import (ImageCaptions, ImageCaptionStream, LatentDataset, dataset_identity,
                                         encode_pixels, files_source, first_line, image_files, load_source)
@@ -147,9 +145,9 @@ class PromptSampler:
 def concept_sample_file(cfg: WorldConfig, prompts: list[str], sampler: PromptSampler, seed: int) -> Path:
     """Where teacher samples for these settings are cached: named by a hash of everything that shapes them."""
     teacher = str(Path(cfg.pretrained).resolve()) if Path(cfg.pretrained).exists() else cfg.pretrained
-    key = json.dumps([teacher, prompts, cfg.n_concept_images, sampler.steps, sampler.guidance, seed,
-                      list(sampler.sample_shape)])
-    return cache_dir() / "concept_images" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
+    key = cache_key([teacher, prompts, cfg.n_concept_images, sampler.steps, sampler.guidance, seed,
+                     list(sampler.sample_shape)])
+    return cache_dir() / "concept_images" / f"{key}.safetensors"
 
 
 def sample_concept_latents(cfg: WorldConfig, prompts: list[str], sampler: PromptSampler,
@@ -163,11 +161,7 @@ def sample_concept_latents(cfg: WorldConfig, prompts: list[str], sampler: Prompt
     # Re-encoding the decoded samples (not keeping the sampler's latents) gives latents distributed like the
     # fine-tuning data's: posterior means of real pixels.
     latents = encode_pixels(sampler.teacher.vae, images)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    # Workers building the same world race for this file: each writes its own copy, then renames it in place.
-    partial = file.with_suffix(f".{os.getpid()}.partial")
-    save_file({"latents": latents.contiguous()}, partial)
-    os.replace(partial, file)
+    save_tensors_atomic(file, {"latents": latents})
     return latents, image_prompts
 
 

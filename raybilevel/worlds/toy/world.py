@@ -12,7 +12,7 @@ from raybilevel.config import WorldConfig
 from raybilevel.errors import UserError
 from raybilevel.sampling import sample
 from raybilevel.text import PromptEncoder
-from raybilevel.worlds.base import ConceptData, World
+from raybilevel.worlds.base import ConceptData, World, cache_dir, cache_key, cached_tensor, file_digest
 from raybilevel.worlds.toy import data
 from raybilevel.worlds.toy.judge import DEFAULT_BATCH, ToyEvaluator, load_judge
 
@@ -24,6 +24,7 @@ def assets_dir() -> Path:
     return Path(os.environ.get("RAYBILEVEL_TOY_ASSETS", SHIPPED_ASSETS))
 
 
+WEIGHTS = "diffusion_pytorch_model.safetensors"
 DEFAULT_STEPS, DEFAULT_GUIDANCE = 25, 1.25  # chosen on a selection seed: benchmarks/teacher_sampler.py
 
 
@@ -70,11 +71,13 @@ def build_toy_world(cfg: WorldConfig, seed: int, device: str | torch.device = "c
     concept_prompts = [data.caption(item) for item in concept_items]
     anchor_prompts = [data.caption(data.anchor_item(item, cfg.concept)) for item in concept_items]
     image_prompts = [concept_prompts[i % len(concept_prompts)] for i in range(cfg.n_concept_images)]
-    # The upper level sees teacher samples of the concept, never the world's real concept images.
+    # The upper level sees teacher samples of the concept, never the world's real concept images; every
+    # trial of a sweep draws the same ones, so they are drawn once per teacher and settings.
     began = time.perf_counter()
-    images = sample(teacher, scheduler_config, prompts(image_prompts), prompts([""])[0], steps=steps,
-                    guidance=guidance, generator=torch.Generator().manual_seed(seed + 202),
-                    sample_shape=(3, data.RESOLUTION, data.RESOLUTION))
+    key = cache_key([file_digest(assets / "teacher" / "unet" / WEIGHTS), image_prompts, steps, guidance, seed + 202])
+    images = cached_tensor(cache_dir() / "toy_concept_images" / f"{key}.safetensors", lambda: sample(
+        teacher, scheduler_config, prompts(image_prompts), prompts([""])[0], steps=steps, guidance=guidance,
+        generator=torch.Generator().manual_seed(seed + 202), sample_shape=(3, data.RESOLUTION, data.RESOLUTION)))
     concept_seconds = time.perf_counter() - began
     concept = ConceptData(
         name=cfg.concept, prompts=concept_prompts, anchor_prompts=anchor_prompts, images=images,
