@@ -24,11 +24,11 @@ from raybilevel.search_space import load_space
 REPO = Path(__file__).resolve().parents[1]
 JOBS = REPO / "jobs"
 RAY = str(Path(sys.executable).with_name("ray"))
-# The toy job, shrunk to one tiny trial: what is tested is the submission path, not the sweep's size.
-TINY_TRIAL = ["--trials", "1", "--set", "train.compute_budget=0", "--set", "train.steps=4", "--set", "train.checkpoint_every=2",
-              "--set", "train.eval_every=0", "--set", "world.toy_images=128", "--set", "world.n_concept_images=8",
-              "--set", "world.sampling_steps=2", "--set", "lower.batch_size=8", "--set", "upper.batch_size=4",
-              "--set", "eval.n_samples=16"]
+# The robustness job, shrunk to two tiny trials: what is tested is the submission path, not the sweep's size.
+TINY_TRIALS = ["--trials", "2", "--set", "train.compute_budget=0", "--set", "train.steps=4", "--set", "train.checkpoint_every=2",
+               "--set", "world.toy_images=128", "--set", "world.n_concept_images=8",
+               "--set", "world.sampling_steps=2", "--set", "lower.batch_size=8", "--set", "upper.batch_size=4",
+               "--set", "eval.n_samples=16", "--set", "eval.attack.draws=4", "--set", "eval.attack.rounds=1"]
 
 
 def _free_ports(n: int) -> list[int]:
@@ -71,25 +71,34 @@ def ray_head(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_toy_sweep_job_runs_on_a_submitted_cluster(ray_head, tmp_path):
+def test_the_robustness_sweep_job_runs_on_a_submitted_cluster_with_early_stopping(ray_head, tmp_path):
+    """jobs/runtime_env_attack.yaml (toy_attack: three objectives, the prompt attack, pareto_halving), shrunk
+    to two tiny trials; the toy job differs from it only in SWEEP_SPACE (checked below)."""
     url, env = ray_head
-    runtime_env = yaml.safe_load((JOBS / "runtime_env_toy.yaml").read_text())
+    runtime_env = yaml.safe_load((JOBS / "runtime_env_attack.yaml").read_text())
     runtime_env["working_dir"] = str(REPO)
     runtime_env["env_vars"]["SWEEP_OUTPUT"] = str(tmp_path / "sweep")
     (tmp_path / "runtime_env.yaml").write_text(yaml.safe_dump(runtime_env))
 
     submitted = subprocess.run([RAY, "job", "submit", "--address", url, "--runtime-env", str(tmp_path / "runtime_env.yaml"),
-                                "--", "bash", "jobs/sweep.sh", *TINY_TRIAL],
+                                "--", "bash", "jobs/sweep.sh", *TINY_TRIALS],
                                cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     logs = submitted.stdout + submitted.stderr
     assert submitted.returncode == 0 and "succeeded" in logs, logs[-4000:]
-    assert "sweep toy: 1 of 1 trials finished" in logs  # the job's own output, streamed back
-    summary = json.loads((tmp_path / "sweep" / "pareto.json").read_text())
-    assert summary["sweep"] == "toy" and summary["n_trials"] == 1
-    (trial,) = (tmp_path / "sweep" / "trials").iterdir()
-    metrics = json.loads((trial / "run" / "metrics.json").read_text())
-    assert metrics["steps"] == 4 and metrics["n_samples_per_group"] == 16  # the job's --set reached the trial
-    assert (tmp_path / "sweep" / "report.html").is_file()
+    assert "sweep toy_attack: 2 of 2 trials finished" in logs  # the job's own output, streamed back
+    out = tmp_path / "sweep"
+    summary = json.loads((out / "pareto.json").read_text())
+    assert summary["sweep"] == "toy_attack" and summary["n_trials"] == 2
+    assert list(summary["objectives"]) == ["quality", "concept_rate", "attack_concept_rate"]
+    decisions = [json.loads(line) for line in (out / "scheduler.jsonl").read_text().splitlines()]
+    assert {d["rung"] for d in decisions} == {0.25, 0.5}  # both trials judged at the space's rungs
+    for decision in decisions:
+        assert f"trial {decision['trial']} {decision['reason']}" in logs  # every decision, in the job's log
+    for trial in (out / "trials").iterdir():
+        evals = [json.loads(line) for line in (trial / "run" / "evals.jsonl").read_text().splitlines()]
+        assert all(0.0 <= e["attack_concept_rate"] <= 1.0 for e in evals)  # the attack ran at every rung
+        assert evals[0]["eval_settings"]["attack"]["draws"] == 4  # the job's --set reached the trial
+    assert (out / "report.html").is_file() and (out / "pareto.png").is_file()
 
 
 def test_every_runtime_env_names_a_shipped_space_and_the_entrypoint_exists():
@@ -99,6 +108,10 @@ def test_every_runtime_env_names_a_shipped_space_and_the_entrypoint_exists():
         assert runtime_env["working_dir"] == "."
         assert load_space(runtime_env["env_vars"]["SWEEP_SPACE"]).name == runtime_env["env_vars"]["SWEEP_SPACE"]
         assert Path(runtime_env["env_vars"]["SWEEP_OUTPUT"]).is_absolute()  # workers run in other folders
+    toy, attack = (yaml.safe_load((JOBS / f"runtime_env_{name}.yaml").read_text()) for name in ("toy", "attack"))
+    for runtime_env in (toy, attack):
+        del runtime_env["env_vars"]["SWEEP_SPACE"], runtime_env["env_vars"]["SWEEP_OUTPUT"]
+    assert toy == attack  # so the submitted robustness job stands for the toy job too
 
 
 def test_cluster_launcher_yaml_fits_ray_s_schema():
