@@ -93,7 +93,8 @@ def test_the_robustness_sweep_job_runs_on_a_submitted_cluster_with_early_stoppin
     decisions = [json.loads(line) for line in (out / "scheduler.jsonl").read_text().splitlines()]
     assert {d["rung"] for d in decisions} == {0.25, 0.5}  # both trials judged at the space's rungs
     for decision in decisions:
-        assert f"trial {decision['trial']} {decision['reason']}" in logs  # every decision, in the job's log
+        if decision["stop"]:  # every stop, with its reason, in the job's streamed log
+            assert f"trial {decision['trial']} {decision['reason']}" in logs
     for trial in (out / "trials").iterdir():
         evals = [json.loads(line) for line in (trial / "run" / "evals.jsonl").read_text().splitlines()]
         assert all(0.0 <= e["attack_concept_rate"] <= 1.0 for e in evals)  # the attack ran at every rung
