@@ -25,7 +25,7 @@ from raybilevel.worlds import frozen_identity
 from raybilevel.worlds.base import cache_dir, cache_key
 
 REFERENCES_FILE = "references.json"
-FAILED_FILE = "references_failed.json"  # the reason, when the reference task raised: the trials go on
+FAILED_FILE = "references_failed.json"  # why the reference task ended without them: the trials go on
 NAMES = {"teacher": "teacher", "student_step_0": "pruned student, before fine-tuning",
          "distill_only": "distill-only, base config"}
 
@@ -97,6 +97,11 @@ def mark_failed(root: Path, error: BaseException | None) -> None:
     frees the slot it held; the trials go on. None (no error) records nothing."""
     if error is not None:
         write_json_atomic(root / FAILED_FILE, {"error": f"{type(error).__name__}: {str(error).strip()[-500:]}"})
+
+
+def forget_failure(root: Path) -> None:
+    """A resumed sweep tries the references again: its slot is held until they end once more."""
+    (root / FAILED_FILE).unlink(missing_ok=True)
 
 
 def reference_ended(root: Path) -> bool:

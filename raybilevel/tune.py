@@ -27,7 +27,7 @@ from raybilevel.atomic import write_text_atomic
 from raybilevel.config import Config, flatten, parse_override
 from raybilevel.distributed import fit, storage_for
 from raybilevel.errors import UserError
-from raybilevel.references import FAILED_FILE, mark_failed, write_references
+from raybilevel.references import forget_failure, mark_failed, write_references
 from raybilevel.hparams import write_hparams
 from raybilevel.report import Report, write_report
 from raybilevel.schedulers import SCHEDULERS
@@ -157,7 +157,7 @@ def run_sweep(space: SearchSpace, sweep: SweepDir, *, resume: bool = False) -> R
         )
     # beside the trials, in one trial worker's slot (a whole CPU had left no room for any trial's worker on a
     # 2-CPU machine): teacher, step-0 and distill-only points (cached per sweep and per base config)
-    (sweep.root / FAILED_FILE).unlink(missing_ok=True)  # a resumed sweep tries again
+    forget_failure(sweep.root)
     references = ray.remote(**reference_resources(example))(write_references).remote(sweep.root.resolve(), example)
     references.future().add_done_callback(lambda done: mark_failed(sweep.root, done.exception()))
     tuner.fit()
