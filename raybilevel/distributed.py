@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import ray.train
 import torch
@@ -49,8 +49,16 @@ def _report_checkpoint(step: int, folder: Path) -> None:
     shutil.rmtree(folder)  # uploaded synchronously; the local copy is no longer needed
 
 
-def _report_eval(step: int, metrics: dict[str, Any]) -> None:
-    ray.train.report({"step": step, **metrics})
+# After an evaluation is reported, on every rank (metrics on rank 0, {} elsewhere): True ends the run there.
+AfterEval = Callable[[int, dict[str, Any]], bool]
+
+
+def _eval_hook(after_eval: AfterEval | None) -> Callable[[int, dict[str, Any]], bool]:
+    def report_eval(step: int, metrics: dict[str, Any]) -> bool:
+        ray.train.report({"step": step, **metrics})
+        return after_eval is not None and after_eval(step, metrics)
+
+    return report_eval
 
 
 def train_loop(loop_config: dict[str, Any]) -> None:
@@ -60,7 +68,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     # Several processes share few cores: more threads than reserved CPUs made steps 60-300x slower.
     torch.set_num_threads(max(1, int(cfg.ray.cpus_per_worker)))
     with tempfile.TemporaryDirectory(prefix="raybilevel-ckpt-") as scratch, _latest_checkpoint() as resume_from:
-        hooks = RunHooks(on_checkpoint=_report_checkpoint, on_eval=_report_eval, resume_from=resume_from,
+        hooks = RunHooks(on_checkpoint=_report_checkpoint, on_eval=_eval_hook(loop_config["after_eval"]),
+                         resume_from=resume_from,
                          checkpoint_root=Path(scratch))
         metrics = train(cfg, Path(loop_config["output"]), hooks)
     ray.train.report({"step": cfg.train.steps, **metrics})
@@ -90,12 +99,15 @@ def storage_for(cfg: Config, default: Path) -> str:
     return cfg.ray.storage_path or str(default.resolve())
 
 
-def fit(cfg: Config, output: Path, *, name: str, storage_path: str, callbacks: Sequence[Any] = ()) -> Result:
+def fit(cfg: Config, output: Path, *, name: str, storage_path: str, callbacks: Sequence[Any] = (),
+        after_eval: AfterEval | None = None) -> Result:
     """Train `cfg` on Ray Train into run directory `output` (metrics.json holds the final metrics);
-    rerunning with the same name and storage resumes from the latest checkpoint."""
+    rerunning with the same name and storage resumes from the latest checkpoint. `after_eval` (sent to the
+    workers) may end the run after an evaluation, so its workers and placement group shut down normally."""
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"config": cfg.to_dict(), "output": str(Path(output).resolve()), "crash": crash_settings()},
+        train_loop_config={"config": cfg.to_dict(), "output": str(Path(output).resolve()), "crash": crash_settings(),
+                           "after_eval": after_eval},
         scaling_config=scaling_config(cfg.ray),
         run_config=RunConfig(name=name, storage_path=storage_path,
                              callbacks=[CommittedCheckpointRecord(output), *callbacks],

@@ -59,6 +59,18 @@ def barrier() -> None:
         dist.barrier()
 
 
+def any_rank(flag: bool) -> bool:
+    """Whether any rank passed True: every rank gets the same answer, so all take the same branch."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    vote = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(vote, op=dist.ReduceOp.MAX)
+    return bool(vote.item())
+
+
 # DeepSpeed's default buckets hold 5e8 elements (2 GB in fp32), allocated up front under ZeRO-3 even for a
 # model a thousand times smaller. 5e7 elements (200 MB) still fuse a Stable Diffusion UNet's gradients into
 # ~17 all-reduces.

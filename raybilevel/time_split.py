@@ -17,7 +17,8 @@ WORK = ("solver_iterations", "evaluation")  # what a trial exists for; the issue
 
 
 def trial_split(record: TrialRecord, metrics: dict[str, Any]) -> dict[str, float] | None:
-    """Seconds per column, or None for a trial without a finished run (stopped early, failed, running)."""
+    """Seconds per column, or None for a trial without a finished run (failed, running); a run stopped early
+    ended itself and has its split."""
     seconds, started_at = metrics.get("seconds"), metrics.get("started_at")
     if not isinstance(seconds, dict) or started_at is None or record.finished is None:
         return None

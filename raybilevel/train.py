@@ -1,7 +1,8 @@
 """One training run, top to bottom: build -> resume -> step loop -> checkpoints -> export -> evaluate.
 
 A run directory holds config.yaml (the resolved config), checkpoints/, tensorboard/, scalars.jsonl (every
-step's logged values, rank 0), student/ (the trained student) and metrics.json.
+step's logged values, rank 0), student/ (the trained student) and metrics.json. A run its caller ends after
+an evaluation (a sweep's early stop, RunHooks.on_eval) writes metrics.json with `stopped_at` and no student.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from tqdm import tqdm
 from raybilevel.acceleration import prepare_student, prepare_teacher
 from raybilevel.atomic import write_json_atomic, write_text_atomic
 from raybilevel.config import Config, dump_config, flatten
-from raybilevel.engine import (DeepSpeedTrainable, DistInfo, barrier, checkpoint_dirs, deepspeed_config,
+from raybilevel.engine import (DeepSpeedTrainable, DistInfo, any_rank, barrier, checkpoint_dirs, deepspeed_config,
                                init_distributed, load_checkpoint, save_checkpoint, save_rank_checkpoint)
 from raybilevel.errors import UserError
 from raybilevel.evaluate import evaluate, sample_grid
@@ -50,13 +51,15 @@ class RunHooks:
     """Where a caller (the Ray Train worker) plugs in: reporting and an external checkpoint to resume.
 
     Every hook is called on every rank at the same step (Ray's report is a barrier); on_eval gets the
-    metrics on rank 0 and {} elsewhere. With checkpoint_root set, each rank writes its own shards there
+    metrics on rank 0 and {} elsewhere, and returning True on any rank ends the run there: no more steps,
+    no export, no final evaluation (a sweep's early stop, so the run shuts down by itself rather than
+    being killed). With checkpoint_root set, each rank writes its own shards there
     (a node-local folder) instead of into output/checkpoints, and on_checkpoint takes them over.
     """
 
     on_log: Callable[[int, dict[str, float]], None] | None = None
     on_checkpoint: Callable[[int, Path], None] | None = None
-    on_eval: Callable[[int, dict[str, Any]], None] | None = None
+    on_eval: Callable[[int, dict[str, Any]], bool | None] | None = None
     resume_from: Path | None = None
     checkpoint_root: Path | None = None
 
@@ -230,8 +233,9 @@ def _record_eval(run: Run, step: int, metrics: dict[str, Any]) -> None:
             run.writer.add_scalar(f"eval/{key}", value, step)
 
 
-def _evaluate_during_training(run: Run, step: int, hooks: RunHooks) -> None:
-    """Evaluate a reloaded copy of the student, so the training module keeps its mode and dtype."""
+def _evaluate_during_training(run: Run, step: int, hooks: RunHooks) -> bool:
+    """Evaluate a reloaded copy of the student, so the training module keeps its mode and dtype; returns
+    whether the caller asks the run to end here (every rank gets the same answer)."""
     metrics: dict[str, Any] = {}
     with run.clock("evaluation"), tempfile.TemporaryDirectory(prefix="raybilevel-eval-") as scratch:
         _export_student(run, Path(scratch) / "student")
@@ -239,8 +243,7 @@ def _evaluate_during_training(run: Run, step: int, hooks: RunHooks) -> None:
             metrics = evaluate(run.world, load_student(Path(scratch) / "student").model, run.cfg.eval)
             metrics["progress"] = step / run.solver.levels.total_steps  # a sweep scheduler's rungs read it
             _record_eval(run, step, metrics)
-    if hooks.on_eval is not None:
-        hooks.on_eval(step, metrics)
+    return any_rank(bool(hooks.on_eval(step, metrics))) if hooks.on_eval is not None else False
 
 
 def _save(run: Run, step: int, hooks: RunHooks) -> None:
@@ -294,10 +297,9 @@ def train(cfg: Config, output: Path, hooks: RunHooks | None = None) -> dict[str,
         _truncate_scalars(output / "scalars.jsonl", start)
         _truncate_scalars(output / "evals.jsonl", start + 1)  # evals are logged by steps done: keep `start`
     total = run.solver.levels.total_steps  # train.steps, or what train.compute_budget buys
-    if cfg.train.eval_at_start and start == 0:
-        _evaluate_during_training(run, 0, hooks)
+    stopped_at = 0 if cfg.train.eval_at_start and start == 0 and _evaluate_during_training(run, 0, hooks) else None
     eval_steps = mid_run_eval_steps(cfg.train.eval_every, cfg.train.eval_fractions, total)
-    steps = range(start, total)
+    steps = range(start, total if stopped_at is None else start)
     for step in tqdm(steps, desc=f"train {cfg.solver.name}", disable=not run.dist.is_main, mininterval=5):
         began = time.perf_counter()
         scalars = run.solver.iteration(step)
@@ -308,25 +310,27 @@ def train(cfg: Config, output: Path, hooks: RunHooks | None = None) -> dict[str,
         if cfg.train.sample_every and (done % cfg.train.sample_every == 0 or done == total):  # the report shows the last
             with clock("sample_grids"):
                 _sample_grid(run, step)
-        if done in eval_steps:  # the last step's evaluation is the end-of-run one below
-            _evaluate_during_training(run, done, hooks)
+        if done in eval_steps and _evaluate_during_training(run, done, hooks):  # the last step's is below
+            stopped_at = done
+            break
         if done == total or (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0):
             _save(run, done, hooks)
-    with clock("export"):
-        _export_student(run, output / "student")
-        if run.world.pipeline_folder is not None and run.dist.is_main:
-            export_pipeline(load_student(output / "student"), run.world.pipeline_folder, output / "pipeline")
+    if stopped_at is None:
+        with clock("export"):
+            _export_student(run, output / "student")
+            if run.world.pipeline_folder is not None and run.dist.is_main:
+                export_pipeline(load_student(output / "student"), run.world.pipeline_folder, output / "pipeline")
     metrics: dict[str, Any] = {}
     if run.dist.is_main:
-        metrics = {"solver": cfg.solver.name, "steps": total, "resumed_from": start,
+        metrics = {"solver": cfg.solver.name, "steps": total, "resumed_from": start, "stopped_at": stopped_at,
                    "budget": run.solver.state_dict()["budget"],
-                   "compute": spent(run.solver.budget, run.costs, total), "skipped_steps": run.solver.skipped_steps,
+                   "compute": spent(run.solver.budget, run.costs, total if stopped_at is None else stopped_at), "skipped_steps": run.solver.skipped_steps,
                    "world_size": run.dist.world_size,
                    "seconds_per_step": float(np.mean(run.timings)) if run.timings else None,
                    # steady state: the first steps allocate optimizer state, a loaded machine adds spikes
                    "seconds_per_step_median": float(np.median(run.timings)) if run.timings else None,
                    "student": run.student.description.get("stats", {})}
-        if cfg.eval.enabled:
+        if cfg.eval.enabled and stopped_at is None:
             with clock("evaluation"):
                 evaluation = evaluate(run.world, load_student(output / "student").model, cfg.eval)
             _record_eval(run, total, evaluation)

@@ -32,6 +32,7 @@ from raybilevel.hparams import write_hparams
 from raybilevel.report import Report, write_report
 from raybilevel.schedulers import SCHEDULERS
 from raybilevel.schedulers.tune_adapter import RuleScheduler
+from raybilevel.schedulers.verdicts import AwaitVerdict
 from raybilevel.search_space import SamplerSpec, SearchSpace, load_space, resolve
 from raybilevel.search_space import validate as validate_space
 from raybilevel.slots import GatedGrid, GatedLimiter, SlotGate
@@ -221,14 +222,18 @@ def _run_trial(params: dict[str, Any], space: SearchSpace, root: str, train_stor
     folder = SweepDir(Path(root)).trial_dir(trial_id)
     record = TrialRecord(trial_id, params, space.overrides(params), cfg.solver.name, folder=folder)
     record.save()
+    # under an early-stopping scheduler the run waits for the verdict on each evaluation and ends on a stop
+    verdicts = AwaitVerdict(folder, tuple(space.objectives)) if space.scheduler.rungs else None
     try:
         fit(cfg, record.run_dir, name=trial_id, storage_path=train_storage,
-            callbacks=[ObjectiveReports(list(space.objectives))])
+            callbacks=[ObjectiveReports(list(space.objectives))], after_eval=verdicts)
     except Exception as error:
         if not _stopped(folder):
             record.finish("failed", error=failure_reason(error))
         raise
-    if _stopped(folder):  # finished before Tune's stop reached it: Optuna was told the rung's values, keep them
+    if _stopped(folder):  # Optuna was told the rung's values: keep them, and stamp when the run really ended
+        stopped = TrialRecord.load(folder / "trial.json")
+        stopped.finish("stopped", stopped.objectives, error=stopped.error)
         return
     metrics = json.loads((record.run_dir / "metrics.json").read_text())
     objectives = {name: metrics.get(name) for name in space.objectives}  # NaN/inf were written as null
