@@ -126,3 +126,25 @@ def test_every_fraction_lands_on_the_first_step_at_or_past_it():
             step = next(iter(mid_run_eval_steps(0, [fraction], total)), total)  # the end is evaluated anyway
             assert step / total >= fraction > (step - 1) / total
     assert mid_run_eval_steps(100, [0.25, 0.5], 300) == {75, 100, 150, 200}
+
+
+def test_a_trial_waits_for_its_verdict_and_reads_only_its_own_step(tmp_path):
+    """The workers' after-evaluation hook (verdicts.py): it waits for the verdict on the step it reported,
+    ignores one left from another step, returns at once for a report Tune never gets (no objectives, or
+    rank > 0), and trains on if no verdict comes in time."""
+    import threading
+    import time
+
+    from raybilevel.schedulers.verdicts import AwaitVerdict, write_verdict
+
+    wait = AwaitVerdict(tmp_path, ("quality", "concept_rate"), timeout_s=5.0, poll_s=0.01)
+    evaluation = {"quality": 1.0, "concept_rate": 0.5}
+    write_verdict(tmp_path, 3, stop=True)  # an earlier evaluation's
+    threading.Timer(0.2, write_verdict, (tmp_path, 6, True)).start()
+    began = time.monotonic()
+    assert wait(6, evaluation) is True and time.monotonic() - began >= 0.2
+    write_verdict(tmp_path, 9, stop=False)
+    assert wait(9, evaluation) is False
+    assert wait(12, {}) is False and wait(12, {"quality": 1.0}) is False  # rank > 0; an unsent report
+    impatient = AwaitVerdict(tmp_path, ("quality",), timeout_s=0.1, poll_s=0.01)
+    assert impatient(12, evaluation) is False

@@ -170,3 +170,20 @@ def test_a_run_records_where_its_time_went_and_evaluates_at_its_fractions(tmp_pa
     assert sum(seconds.values()) <= wall and began <= metrics["started_at"] <= began + 1
     evals = [json.loads(line) for line in (tmp_path / "run" / "evals.jsonl").read_text().splitlines()]
     assert [(e["step"], e.get("progress")) for e in evals] == [(2, 0.25), (4, 0.5), (8, None)]
+
+
+def test_a_run_its_caller_ends_after_an_evaluation_stops_there(tmp_path):
+    """RunHooks.on_eval returning True (a sweep's early stop) ends the run at that step: no further step,
+    no export and no final evaluation; metrics.json says where it stopped and what it spent."""
+    from raybilevel.train import RunHooks
+
+    seen: list[int] = []
+    hooks = RunHooks(on_eval=lambda step, metrics: seen.append(step) or step == 4)
+    metrics = train(load_config(None, TINY + ["train.steps=8", "train.eval_fractions=[0.25, 0.5, 0.75]"]),
+                    tmp_path / "run", hooks)
+    assert seen == [2, 4] and metrics["stopped_at"] == 4 and metrics["compute"]["steps"] == 4
+    assert metrics["compute"]["theta_updates"] == metrics["budget"]["theta_updates"] > 0 and "quality" not in metrics
+    assert [json.loads(line)["step"] for line in (tmp_path / "run" / "scalars.jsonl").read_text().splitlines()] == [0, 1, 2, 3]
+    evals = [json.loads(line) for line in (tmp_path / "run" / "evals.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [2, 4] and not (tmp_path / "run" / "student").exists()
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["stopped_at"] == 4
