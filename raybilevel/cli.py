@@ -112,9 +112,12 @@ def cmd_toy(args: argparse.Namespace) -> int:
     from raybilevel.worlds.toy import build
 
     if args.action == "build":
+        if args.checkpoint_every < 0:
+            raise UserError(f"--checkpoint-every {args.checkpoint_every}: must be 0 (never) or a number of steps")
         report = build.build(Path(args.output) if args.output else build.ASSETS, seed=args.seed,
                              teacher_steps=args.teacher_steps, judge_epochs=args.judge_epochs,
-                             n_images=args.images, judge_only=args.judge_only)
+                             n_images=args.images, judge_only=args.judge_only,
+                             checkpoint_every=args.checkpoint_every)
         print(json.dumps(report, indent=2))
         return 0
     from raybilevel.worlds.toy.inspect import inspect_world
@@ -153,7 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("action", choices=["build", "inspect"])
     toy.add_argument("--output", help="build: assets folder (default: the package's); inspect: report folder")
     toy.add_argument("--seed", type=int, default=0)
-    toy.add_argument("--teacher-steps", type=int, default=3000)
+    toy.add_argument("--teacher-steps", type=int, default=4000, help="build: the shipped teacher's 4000 (default)")
+    toy.add_argument("--checkpoint-every", type=int, default=250,
+                     help="build: save the teacher's training state every N steps; rerunning into the same "
+                          "--output resumes from it (0: never)")
     toy.add_argument("--judge-epochs", type=int, default=6)
     toy.add_argument("--images", type=int, default=19_200, help="build: training images for teacher and judge")
     toy.add_argument("--judge-only", action="store_true", help="rebuild only the judge")

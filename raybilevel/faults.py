@@ -2,7 +2,8 @@
 
 RAYBILEVEL_CRASH_AT="POINT:N[:RANK]" makes the process SIGKILL itself (no cleanup, no flush, exactly what a
 preempted node does) the N-th time it reaches POINT, on every rank or only on RANK. Points:
-  step        after a solver iteration, before its log line (the update exists only in memory)
+  step        after a solver iteration, before its log line (the update exists only in memory), or
+              after a toy teacher build step, before its checkpoint
   append      halfway through writing a scalars.jsonl line (a torn last line)
   checkpoint  after every shard is in step_N.tmp, before state.json and the rename
 With RAYBILEVEL_CRASH_MARKER=PATH the crash happens once: the file is created just before the kill and a

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,8 +13,11 @@ import torch
 
 from helpers import cli
 from raybilevel.config import EvalConfig, WorldConfig
+from raybilevel.errors import UserError
 from raybilevel.evaluate import evaluate
+from raybilevel.faults import CRASH_AT
 from raybilevel.worlds.toy import data
+from raybilevel.worlds.toy.build import RESUME_FILE, train_teacher
 from raybilevel.worlds.toy.judge import load_judge
 from raybilevel.worlds.toy.world import SHIPPED_ASSETS, build_toy_world
 
@@ -73,6 +78,43 @@ def test_toy_build_rebuilds_loadable_assets(tmp_path):
         del os.environ["RAYBILEVEL_TOY_ASSETS"]
     assert rebuilt.info["assets"] == str(out)
     assert tuple(rebuilt.teacher.config.block_out_channels) == (32, 64, 64)
+
+
+TINY_TEACHER = {"steps": 6, "batch_size": 8, "n_images": 64, "warmup": 2, "checkpoint_every": 2}
+
+
+def _teacher_build(out, crash_at: str | None = None) -> subprocess.CompletedProcess:
+    """train_teacher in its own process (one thread, so runs compare bit for bit), its report on stdout."""
+    code = ("import json, sys, torch; from pathlib import Path; torch.set_num_threads(1); "
+            "from raybilevel.worlds.toy.build import train_teacher; "
+            f"print(json.dumps(train_teacher(Path(sys.argv[1]), **{TINY_TEACHER!r})))")
+    env = {key: value for key, value in os.environ.items() if key != CRASH_AT}
+    env.update({CRASH_AT: crash_at} if crash_at else {})
+    return subprocess.run([sys.executable, "-c", code, str(out)], env=env, capture_output=True, text=True, timeout=600)
+
+
+def _teacher_weights(out) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(next((out / "unet").glob("*.safetensors")))
+
+
+def test_a_killed_teacher_build_resumes_on_the_same_curve(tmp_path):
+    whole = _teacher_build(tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    killed = _teacher_build(tmp_path / "resumed", crash_at="step:5")  # SIGKILL after step 5: resumes from 4
+    assert killed.returncode == -signal.SIGKILL
+    assert torch.load(tmp_path / "resumed" / RESUME_FILE, weights_only=True)["step"] == 4
+    with pytest.raises(UserError, match=r"resume.pt: a teacher build with steps=6 is in progress, not 8"):
+        train_teacher(tmp_path / "resumed", **{**TINY_TEACHER, "steps": 8})
+    resumed = _teacher_build(tmp_path / "resumed")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    report, report_whole = json.loads(resumed.stdout.splitlines()[-1]), json.loads(whole.stdout.splitlines()[-1])
+    assert (report["resumed_from"], report_whole["resumed_from"]) == (4, 0)
+    assert report["final_loss_mean_last100"] == report_whole["final_loss_mean_last100"]
+    assert not (tmp_path / "resumed" / RESUME_FILE).exists()
+    first, second = _teacher_weights(tmp_path / "whole"), _teacher_weights(tmp_path / "resumed")
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
 def test_rendering_is_deterministic_per_seed():
