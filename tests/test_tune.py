@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -180,32 +181,39 @@ TINY_SPACE = {
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
-def test_an_interrupted_sweep_resumes_and_its_front_is_optunas(tmp_path, stop):
-    """`raybilevel tune` on 2 DeepSpeed workers per trial, stopped by Ctrl-C (or its driver SIGKILLed:
-    Ray's reaper then stops the local cluster) once the first trial has a checkpoint, then `--resume`d:
-    all trials finish, the interrupted one from its checkpoint, and the report's Pareto front is exactly
-    Optuna's best_trials read back from the sqlite storage."""
-    space_file, out = tmp_path / "tiny.yaml", tmp_path / "sweep"
-    space_file.write_text(yaml.safe_dump(TINY_SPACE, sort_keys=False))
-    with open(tmp_path / "first.log", "w") as log:
-        first = subprocess.Popen(cli("tune", "--space", str(space_file), "--output", str(out)), stdout=log, stderr=subprocess.STDOUT)
+def _interrupt_once_checkpointed(command: list[str], out: Path, log_file: Path, stop: signal.Signals) -> None:
+    """Run `command` until some trial has a newer committed checkpoint than when it started, then send
+    `stop`. Ray's committed checkpoint, not a step folder: one appears as soon as one rank uploads, and a
+    kill before Ray commits it leaves nothing to resume from."""
+    before = {run: committed_step(run) for run in out.glob("trials/*/run")}
+    with open(log_file, "w") as log:
+        sweep = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.time() + 900  # generous: a loaded machine slows Ray's (niced) workers a lot
-            # Ray's committed checkpoint, not a step folder: one appears as soon as one rank uploads, and a
-            # SIGKILL before Ray commits it leaves nothing to resume from.
-            while not any(committed_step(run) >= 2 for run in out.glob("trials/*/run")):
-                assert first.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()[-3000:]
+            while not any(committed_step(run) >= max(2, before.get(run, 0) + 1) for run in out.glob("trials/*/run")):
+                assert sweep.poll() is None and time.time() < deadline, log_file.read_text()[-3000:]
                 time.sleep(0.5)
-            first.send_signal(stop)
-            assert first.wait(timeout=300) == (0 if stop == signal.SIGINT else -signal.SIGKILL)
+            sweep.send_signal(stop)
+            assert sweep.wait(timeout=300) == (0 if stop == signal.SIGINT else -signal.SIGKILL)
         finally:
-            if first.poll() is None:  # a failed assertion must not leave the sweep (and its Ray) running
-                first.send_signal(signal.SIGINT)
-                first.wait(timeout=120)
-    if stop == signal.SIGINT:
-        assert "interrupted; continue with: raybilevel tune --resume" in (tmp_path / "first.log").read_text()
+            if sweep.poll() is None:  # a failed assertion must not leave the sweep (and its Ray) running
+                sweep.send_signal(signal.SIGINT)
+                sweep.wait(timeout=120)
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_resumes_and_its_front_is_optunas(tmp_path):
+    """`raybilevel tune` on 2 DeepSpeed workers per trial, stopped by Ctrl-C once a trial has a checkpoint,
+    resumed, and that driver SIGKILLed (Ray's reaper then stops the local cluster) once a trial has a newer
+    one, then resumed again: all trials finish, one from a checkpoint, and the report's Pareto front is
+    exactly Optuna's best_trials read back from the sqlite storage."""
+    space_file, out = tmp_path / "tiny.yaml", tmp_path / "sweep"
+    space_file.write_text(yaml.safe_dump(TINY_SPACE, sort_keys=False))
+    _interrupt_once_checkpointed(cli("tune", "--space", str(space_file), "--output", str(out)), out,
+                                 tmp_path / "first.log", signal.SIGINT)
+    assert "interrupted; continue with: raybilevel tune --resume" in (tmp_path / "first.log").read_text()
+    _interrupt_once_checkpointed(cli("tune", "--resume", "--output", str(out)), out, tmp_path / "second.log",
+                                 signal.SIGKILL)
 
     resumed = subprocess.run(cli("tune", "--resume", "--output", str(out)), capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
