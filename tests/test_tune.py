@@ -202,6 +202,7 @@ def _interrupt_once_checkpointed(command: list[str], out: Path, log_file: Path, 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # three drivers, each starting Ray: 787 s on a loaded 2-core machine
 def test_an_interrupted_sweep_resumes_and_its_front_is_optunas(tmp_path):
     """`raybilevel tune` on 2 DeepSpeed workers per trial, stopped by Ctrl-C once a trial has a checkpoint,
     resumed, and that driver SIGKILLed (Ray's reaper then stops the local cluster) once a trial has a newer
