@@ -72,6 +72,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                          resume_from=resume_from,
                          checkpoint_root=Path(scratch))
         metrics = train(cfg, Path(loop_config["output"]), hooks)
+    if metrics.get("stopped_at") is not None:  # its last evaluation was reported and judged already
+        metrics = {"stopped_at": metrics["stopped_at"]}
     ray.train.report({"step": cfg.train.steps, **metrics})
 
 

@@ -2,7 +2,8 @@
 
 A run directory holds config.yaml (the resolved config), checkpoints/, tensorboard/, scalars.jsonl (every
 step's logged values, rank 0), student/ (the trained student) and metrics.json. A run its caller ends after
-an evaluation (a sweep's early stop, RunHooks.on_eval) writes metrics.json with `stopped_at` and no student.
+an evaluation (a sweep's early stop, RunHooks.on_eval) writes metrics.json with `stopped_at` and that
+evaluation's metrics, and no student.
 """
 from __future__ import annotations
 
@@ -233,9 +234,9 @@ def _record_eval(run: Run, step: int, metrics: dict[str, Any]) -> None:
             run.writer.add_scalar(f"eval/{key}", value, step)
 
 
-def _evaluate_during_training(run: Run, step: int, hooks: RunHooks) -> bool:
-    """Evaluate a reloaded copy of the student, so the training module keeps its mode and dtype; returns
-    whether the caller asks the run to end here (every rank gets the same answer)."""
+def _evaluate_during_training(run: Run, step: int, hooks: RunHooks) -> dict[str, Any] | None:
+    """Evaluate a reloaded copy of the student, so the training module keeps its mode and dtype. Returns the
+    evaluation ({} off rank 0) if the caller asks the run to end here, else None (the same on every rank)."""
     metrics: dict[str, Any] = {}
     with run.clock("evaluation"), tempfile.TemporaryDirectory(prefix="raybilevel-eval-") as scratch:
         _export_student(run, Path(scratch) / "student")
@@ -243,7 +244,8 @@ def _evaluate_during_training(run: Run, step: int, hooks: RunHooks) -> bool:
             metrics = evaluate(run.world, load_student(Path(scratch) / "student").model, run.cfg.eval)
             metrics["progress"] = step / run.solver.levels.total_steps  # a sweep scheduler's rungs read it
             _record_eval(run, step, metrics)
-    return any_rank(bool(hooks.on_eval(step, metrics))) if hooks.on_eval is not None else False
+    stop = any_rank(bool(hooks.on_eval(step, metrics))) if hooks.on_eval is not None else False
+    return metrics if stop else None
 
 
 def _save(run: Run, step: int, hooks: RunHooks) -> None:
@@ -297,7 +299,10 @@ def train(cfg: Config, output: Path, hooks: RunHooks | None = None) -> dict[str,
         _truncate_scalars(output / "scalars.jsonl", start)
         _truncate_scalars(output / "evals.jsonl", start + 1)  # evals are logged by steps done: keep `start`
     total = run.solver.levels.total_steps  # train.steps, or what train.compute_budget buys
-    stopped_at = 0 if cfg.train.eval_at_start and start == 0 and _evaluate_during_training(run, 0, hooks) else None
+    stopped_at, stop_evaluation = None, None  # where a caller ended the run, and the evaluation it ended at
+    if cfg.train.eval_at_start and start == 0:
+        stop_evaluation = _evaluate_during_training(run, 0, hooks)
+        stopped_at = 0 if stop_evaluation is not None else None
     eval_steps = mid_run_eval_steps(cfg.train.eval_every, cfg.train.eval_fractions, total)
     steps = range(start, total if stopped_at is None else start)
     for step in tqdm(steps, desc=f"train {cfg.solver.name}", disable=not run.dist.is_main, mininterval=5):
@@ -310,9 +315,11 @@ def train(cfg: Config, output: Path, hooks: RunHooks | None = None) -> dict[str,
         if cfg.train.sample_every and (done % cfg.train.sample_every == 0 or done == total):  # the report shows the last
             with clock("sample_grids"):
                 _sample_grid(run, step)
-        if done in eval_steps and _evaluate_during_training(run, done, hooks):  # the last step's is below
-            stopped_at = done
-            break
+        if done in eval_steps:  # the last step's evaluation is the end-of-run one below
+            stop_evaluation = _evaluate_during_training(run, done, hooks)
+            if stop_evaluation is not None:
+                stopped_at = done
+                break
         if done == total or (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0):
             _save(run, done, hooks)
     if stopped_at is None:
@@ -330,7 +337,9 @@ def train(cfg: Config, output: Path, hooks: RunHooks | None = None) -> dict[str,
                    # steady state: the first steps allocate optimizer state, a loaded machine adds spikes
                    "seconds_per_step_median": float(np.median(run.timings)) if run.timings else None,
                    "student": run.student.description.get("stats", {})}
-        if cfg.eval.enabled and stopped_at is None:
+        if stop_evaluation is not None:  # the run's numbers are those it was ended at
+            metrics |= stop_evaluation
+        elif cfg.eval.enabled:
             with clock("evaluation"):
                 evaluation = evaluate(run.world, load_student(output / "student").model, cfg.eval)
             _record_eval(run, total, evaluation)

@@ -174,15 +174,17 @@ def test_a_run_records_where_its_time_went_and_evaluates_at_its_fractions(tmp_pa
 
 def test_a_run_its_caller_ends_after_an_evaluation_stops_there(tmp_path):
     """RunHooks.on_eval returning True (a sweep's early stop) ends the run at that step: no further step,
-    no export and no final evaluation; metrics.json says where it stopped and what it spent."""
+    no export and no final evaluation; metrics.json says where it stopped, what it spent and what it scored."""
     from raybilevel.train import RunHooks
 
-    seen: list[int] = []
-    hooks = RunHooks(on_eval=lambda step, metrics: seen.append(step) or step == 4)
+    seen: dict[int, dict] = {}
+    hooks = RunHooks(on_eval=lambda step, metrics: seen.update({step: metrics}) or step == 4)
     metrics = train(load_config(None, TINY + ["train.steps=8", "train.eval_fractions=[0.25, 0.5, 0.75]"]),
                     tmp_path / "run", hooks)
-    assert seen == [2, 4] and metrics["stopped_at"] == 4 and metrics["compute"]["steps"] == 4
-    assert metrics["compute"]["theta_updates"] == metrics["budget"]["theta_updates"] > 0 and "quality" not in metrics
+    assert list(seen) == [2, 4] and metrics["stopped_at"] == 4 and metrics["compute"]["steps"] == 4
+    assert metrics["compute"]["theta_updates"] == metrics["budget"]["theta_updates"] > 0
+    # its numbers, intervals included, are those of the evaluation it was ended at
+    assert {k: metrics[k] for k in seen[4]} == seen[4] and metrics["quality_ci"] == seen[4]["quality_ci"]
     assert [json.loads(line)["step"] for line in (tmp_path / "run" / "scalars.jsonl").read_text().splitlines()] == [0, 1, 2, 3]
     evals = [json.loads(line) for line in (tmp_path / "run" / "evals.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals] == [2, 4] and not (tmp_path / "run" / "student").exists()

@@ -299,6 +299,7 @@ def test_pareto_halving_stops_trials_at_rungs_and_stopped_trials_count_on_the_fr
         assert evals[-1]["step"] == decision["step"]
         metrics = json.loads((record.run_dir / "metrics.json").read_text())
         assert metrics["stopped_at"] == decision["step"] == metrics["compute"]["steps"]
+        assert {name: metrics[name] for name in decision["objectives"]} == decision["objectives"]
         assert not (record.run_dir / "student").exists()
     assert {r.status for r in records.values()} <= {"done", "stopped", "failed"}
     for record in records.values():
@@ -314,6 +315,7 @@ def test_pareto_halving_stops_trials_at_rungs_and_stopped_trials_count_on_the_fr
         rows = list(csv.DictReader(f))
     assert sorted(row["status"] for row in rows) == sorted(r.status for r in records.values())
     assert all(0 < float(row["work_share"]) < 1 for row in rows if row["status"] in ("done", "stopped"))
+    assert all(row["quality_ci_low"] != "" for row in rows if row["status"] == "stopped")  # its rung's intervals
     assert "Early stopping (pareto_halving)" in (out / "report.html").read_text()
     assert f"stopped early (pareto_halving; reasons in {out / 'scheduler.jsonl'})" in result.stdout
 
