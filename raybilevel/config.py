@@ -112,6 +112,8 @@ class WorldConfig:
         concept: the concept to erase. Toy: an attribute value such as "striped" or "cross".
             Diffusers: a label for the concept whose prompts are in `concept_prompts`.
         toy_images: size of the toy fine-tuning set (it never holds the concept).
+        toy_teacher: the toy teacher's folder in the assets: "teacher" (4,000 steps, the default) or
+            "teacher_6000" (the same recipe run for 6,000 steps; see the README).
         pretrained: diffusers folder or hub id of the teacher pipeline (diffusers worlds).
         dataset: fine-tuning data (diffusers worlds).
         concept_prompts: a .txt (one prompt per line) or .csv (column `prompt`, optional `anchor`) file.
@@ -129,6 +131,7 @@ class WorldConfig:
     kind: str = "toy"
     concept: str = "striped"
     toy_images: int = 8000
+    toy_teacher: str = "teacher"
     pretrained: str = ""
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     concept_prompts: str = ""
@@ -145,6 +148,8 @@ class WorldConfig:
         _check(self.kind in ("toy", "diffusers"), f"{path}.kind", f"{self.kind!r} is not a world; use toy or diffusers")
         _check(bool(self.concept), f"{path}.concept", "name the concept to erase")
         _check(self.toy_images >= 64, f"{path}.toy_images", "must be >= 64")
+        _check(bool(self.toy_teacher) and "/" not in self.toy_teacher and not self.toy_teacher.startswith("."),
+               f"{path}.toy_teacher", f"{self.toy_teacher!r} is not a folder name; use teacher or teacher_6000")
         _check(self.n_concept_images >= 1, f"{path}.n_concept_images", "must be >= 1")
         _check(self.sampling_steps >= 0 and self.guidance >= 0, f"{path}.sampling_steps",
                "sampling_steps and guidance must be >= 0")

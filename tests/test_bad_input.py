@@ -19,6 +19,7 @@ import yaml
 from helpers import TINY
 from raybilevel.cli import main
 from raybilevel.worlds.tiny_sd import CONCEPT
+from raybilevel.worlds.toy.world import SHIPPED_ASSETS
 
 TRAIN = ["--set", "eval.enabled=false"] + sum((["--set", s] for s in TINY), [])
 
@@ -179,6 +180,10 @@ CASES = [
          E + f"world.concept: unknown toy concept 'dragon'; choose one of: {CONCEPTS}"),
     Case("unknown toy concept, dry run", lambda t, a: ["train", "--set", "world.concept=dragon", "--dry-run"],
          E + f"world.concept: unknown toy concept 'dragon'; choose one of: {CONCEPTS}"),
+    Case("unknown toy teacher, dry run", lambda t, a: ["train", "--set", "world.toy_teacher=teacher_9000", "--dry-run"],
+         E + f"world.toy_teacher: no teacher 'teacher_9000' in {SHIPPED_ASSETS}; use one of ['teacher', 'teacher_6000']"),
+    Case("toy teacher not a folder name", lambda t, a: ["train", "--set", "world.toy_teacher=../x", "--dry-run"],
+         E + "config error at 'world.toy_teacher': '../x' is not a folder name; use teacher or teacher_6000"),
     Case("zero trials, dry run", lambda t, a: ["tune", "--trials", "0", "--dry-run", "--output", str(t / "z")],
          E + "--trials 0: a sweep needs at least 1 trial"),
     # models and data

@@ -46,6 +46,19 @@ def test_shipped_judge_reads_fresh_real_images():
         assert (logits[attribute].argmax(1).numpy() == labels).mean() >= 0.97, attribute
 
 
+def test_world_toy_teacher_picks_the_shipped_6000_step_teacher_and_names_it_in_cache_keys(world):
+    from raybilevel.worlds import frozen_identity
+
+    cfg = WorldConfig(concept="striped", toy_images=64, n_concept_images=2, sampling_steps=2, toy_teacher="teacher_6000")
+    longer = build_toy_world(cfg, seed=0)
+    assert longer.info["teacher"] == "teacher_6000" and world.info["teacher"] == "teacher"
+    default_weights, longer_weights = world.teacher.state_dict(), longer.teacher.state_dict()
+    assert default_weights.keys() == longer_weights.keys()
+    assert any(not torch.equal(default_weights[k], longer_weights[k]) for k in default_weights)
+    default_id, longer_id = frozen_identity(WorldConfig()), frozen_identity(cfg)
+    assert default_id[0] != longer_id[0] and default_id[1] == longer_id[1]  # same judge, other teacher
+
+
 # This test's own evaluation (seed 5, 48 samples per group), recorded 2026-12-02: 46/48 unrelated prompts with
 # every attribute right, 44/47 qualifying striped samples striped, 0/48 elsewhere, 41/42 paraphrases. At 512
 # samples (eval seed 1234) the same teacher scored 0.961 / 0.924 / 0.008 / 0.916, within sampling error of these.

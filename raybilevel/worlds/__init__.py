@@ -19,15 +19,18 @@ def check_world(cfg: WorldConfig) -> None:
             data.attribute_of(cfg.concept)
         except ValueError as error:
             raise UserError(f"world.concept: {error}") from None
+        from raybilevel.worlds.toy.world import teacher_dir
+
+        teacher_dir(cfg)
 
 
 def frozen_identity(cfg: WorldConfig) -> list[str]:
     """What names the world's frozen models in a cache key: the toy teacher's and judge's weights by content
     (they can be rebuilt in place), a pipeline and a CLIP judge by resolved path (too large to hash)."""
     if cfg.kind == "toy":
-        from raybilevel.worlds.toy.world import WEIGHTS, assets_dir
+        from raybilevel.worlds.toy.world import WEIGHTS, assets_dir, teacher_dir
 
-        return [file_digest(assets_dir() / "teacher" / "unet" / WEIGHTS), file_digest(assets_dir() / "judge.safetensors")]
+        return [file_digest(teacher_dir(cfg) / "unet" / WEIGHTS), file_digest(assets_dir() / "judge.safetensors")]
     return [str(Path(path).resolve()) if Path(path).exists() else path for path in (cfg.pretrained, cfg.clip_judge)]
 
 

@@ -58,13 +58,22 @@ def load_teacher_stack(folder: Path, device: str | torch.device = "cpu"):
     return unet, prompts, scheduler_config
 
 
+def teacher_dir(cfg: WorldConfig) -> Path:
+    """The folder of `world.toy_teacher` in the assets; a missing one is refused naming the shipped ones."""
+    folder = assets_dir() / cfg.toy_teacher
+    if not (folder / "unet").is_dir():
+        shipped = sorted(p.name for p in assets_dir().glob("*") if (p / "unet").is_dir())
+        raise UserError(f"world.toy_teacher: no teacher {cfg.toy_teacher!r} in {assets_dir()}; use one of {shipped}")
+    return folder
+
+
 def build_toy_world(cfg: WorldConfig, seed: int, device: str | torch.device = "cpu") -> World:
     try:
         data.attribute_of(cfg.concept)
     except ValueError as error:
         raise UserError(f"world.concept: {error}") from None
-    assets = assets_dir()
-    teacher, prompts, scheduler_config = load_teacher_stack(assets / "teacher", device)
+    assets, folder = assets_dir(), teacher_dir(cfg)
+    teacher, prompts, scheduler_config = load_teacher_stack(folder, device)
     steps, guidance = cfg.sampling_steps or DEFAULT_STEPS, cfg.guidance or DEFAULT_GUIDANCE
     samples = data.generate(cfg.toy_images, seed=seed + 101, exclude=cfg.concept)
     concept_items = data.items_with(cfg.concept)
@@ -74,7 +83,7 @@ def build_toy_world(cfg: WorldConfig, seed: int, device: str | torch.device = "c
     # The upper level sees teacher samples of the concept, never the world's real concept images; every
     # trial of a sweep draws the same ones, so they are drawn once per teacher and settings.
     began = time.perf_counter()
-    key = cache_key([file_digest(assets / "teacher" / "unet" / WEIGHTS), image_prompts, steps, guidance, seed + 202])
+    key = cache_key([file_digest(folder / "unet" / WEIGHTS), image_prompts, steps, guidance, seed + 202])
     images = cached_tensor(cache_dir() / "toy_concept_images" / f"{key}.safetensors", lambda: sample(
         teacher, scheduler_config, prompts(image_prompts), prompts([""])[0], steps=steps, guidance=guidance,
         generator=torch.Generator().manual_seed(seed + 202), sample_shape=(3, data.RESOLUTION, data.RESOLUTION)))
@@ -91,6 +100,6 @@ def build_toy_world(cfg: WorldConfig, seed: int, device: str | torch.device = "c
         sample_shape=(3, data.RESOLUTION, data.RESOLUTION),
         finetune=ToyFinetuneData(torch.from_numpy(samples.images), samples.captions), concept=concept,
         evaluator=evaluator, sampling={"steps": steps, "guidance": guidance, "batch_size": DEFAULT_BATCH},
-        info={"world": "toy", "concept": cfg.concept, "assets": str(assets)},
+        info={"world": "toy", "concept": cfg.concept, "assets": str(assets), "teacher": cfg.toy_teacher},
         seconds={"concept_images": concept_seconds}, vocabulary=data.vocabulary(),
     )
