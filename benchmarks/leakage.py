@@ -16,7 +16,9 @@ metrics are the mean over seeds ± the half-width of its 95% t-interval (seed-to
 decides a ranking). Every cell of one seed is evaluated on the same noise (--eval-seed), so cells pair.
 
 usage: python benchmarks/leakage.py [--steps 300] [--seeds 1 2 3] [--samples 64] [--eval-seed 1234] [--cells ...]
+                                   [--teacher teacher_6000]
 Results: benchmarks/results/leakage.{json,md}; run folders under runs/benchmarks/leakage/ (not in git).
+With --teacher other than the default: leakage_<teacher>.{json,md} and runs/benchmarks/leakage_<teacher>/.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from pathlib import Path
 from raybilevel.metrics import t_halfwidth
 
 ROOT = Path(__file__).resolve().parent.parent
-RUNS = ROOT / "runs" / "benchmarks" / "leakage"
+RUNS = ROOT / "runs" / "benchmarks"  # one folder per study (stem)
 RESULTS = ROOT / "benchmarks" / "results"
 
 CELLS: dict[str, list[str]] = {
@@ -72,10 +74,15 @@ def equal_compute(steps: int) -> float:
     return float(steps * cfg.lower.batch_size * per_sample)
 
 
+def stem(opts: argparse.Namespace) -> str:
+    """The name of this study's run folder and results files: one per teacher, so studies never mix."""
+    return "leakage" if opts.teacher == "teacher" else f"leakage_{opts.teacher}"
+
+
 def job(cell: str, seed: int, opts: argparse.Namespace) -> tuple[str, int, dict]:
-    folder = RUNS / f"{cell}_s{seed}"
+    folder = RUNS / stem(opts) / f"{cell}_s{seed}"
     common = ["--set", f"seed={seed}", "--set", f"eval.seed={opts.eval_seed}", "--set", f"eval.n_samples={opts.samples}",
-              "--set", f"world.concept={opts.concept}"]
+              "--set", f"world.concept={opts.concept}", "--set", f"world.toy_teacher={opts.teacher}"]
     if not (folder / "metrics.json").exists():
         folder.parent.mkdir(parents=True, exist_ok=True)
         if cell == "teacher":
@@ -135,7 +142,7 @@ def markdown(table: dict[str, dict], opts: argparse.Namespace, pairs: list[dict]
     def fmt(v, digits=3):
         return "–" if v is None else f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}"
 
-    lines = [f"concept `{opts.concept}`, {opts.compute_budget / 1e12:.3g} TMACs per cell (distill_only's {opts.steps} steps), {opts.samples} samples per prompt group per seed, evaluation seed {opts.eval_seed}; mean ± 95% t half-width over seeds; "
+    lines = [f"teacher `{opts.teacher}`, concept `{opts.concept}`, {opts.compute_budget / 1e12:.3g} TMACs per cell (distill_only's {opts.steps} steps), {opts.samples} samples per prompt group per seed, evaluation seed {opts.eval_seed}; mean ± 95% t half-width over seeds; "
              f"n_seeds per cell in the table (seeds asked: {opts.seeds})",
              "", "| cell | seeds | concept rate ↓ | floor | raw rate | paraphrase rate ↓ | attribute acc ↑ | quality ↓ | lower/upper passes | TMACs | iterations | θ-updates | s/step |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -147,7 +154,8 @@ def markdown(table: dict[str, dict], opts: argparse.Namespace, pairs: list[dict]
         lines.append(f"| {cell} | {e['n_seeds']} | {fmt(e['concept_rate'])} | {fmt(e['concept_rate_floor'])} | {fmt(e['concept_rate_raw'])} | "
                      f"{fmt(e['paraphrase_concept_rate'])} | {fmt(e['attribute_accuracy'])} | {fmt(e['quality'], 4)} | {passes} | "
                      f"{compute} | {step} |")
-    lines.append(f"\npeak RSS of one run: {max(e['peak_rss_mb'] for e in table.values()):.0f} MB")
+    peaks = [e["peak_rss_mb"] for e in table.values() if "peak_rss_mb" in e]
+    lines.append(f"\npeak RSS of one run: {max(peaks):.0f} MB" if peaks else "\nno cell has finished yet")
     lines += ["", "Paired differences (cell − base, same seeds and evaluation noise; mean ± 95% t half-width):", "",
               "| cell − base | seeds | concept rate | paraphrase rate | attribute acc | quality |", "|---|---|---|---|---|---|"]
     for row in pairs:
@@ -164,6 +172,7 @@ def main() -> None:
     parser.add_argument("--eval-seed", type=int, default=1234, help="one evaluation noise for every cell and seed")
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--concept", default="striped")
+    parser.add_argument("--teacher", default="teacher", help="world.toy_teacher: teacher (4,000 steps) or teacher_6000")
     parser.add_argument("--cells", nargs="+", default=["teacher", *CELLS])
     parser.add_argument("--summarise-only", action="store_true", help="tabulate the runs that finished, run nothing")
     parser.add_argument("--compute-budget", type=float, help="MACs per cell (default: distill_only at --steps)")
@@ -172,8 +181,9 @@ def main() -> None:
     started = time.time()
     jobs = [(cell, seed) for seed in opts.seeds for cell in opts.cells]  # seed-major: whole seeds finish first
     if opts.summarise_only:
-        results = [(c, s, json.loads((RUNS / f"{c}_s{s}" / "metrics.json").read_text())) for c, s in jobs
-                   if (RUNS / f"{c}_s{s}" / "metrics.json").exists()]
+        runs = RUNS / stem(opts)
+        results = [(c, s, json.loads((runs / f"{c}_s{s}" / "metrics.json").read_text())) for c, s in jobs
+                   if (runs / f"{c}_s{s}" / "metrics.json").exists()]
     else:
         with ThreadPoolExecutor(opts.parallel) as pool:
             results = list(pool.map(lambda cs: job(*cs, opts), jobs))
@@ -181,10 +191,10 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     timing = {"wall_seconds": time.time() - started}
     if opts.summarise_only:  # keep the wall time of the run that trained the cells
-        previous = RESULTS / "leakage.json"
+        previous = RESULTS / f"{stem(opts)}.json"
         timing = {k: v for k, v in json.loads(previous.read_text()).items() if k == "wall_seconds"} if previous.exists() else {}
-    (RESULTS / "leakage.json").write_text(json.dumps({"settings": vars(opts), "table": table, "paired": pairs, **timing}, indent=2))
-    (RESULTS / "leakage.md").write_text(markdown(table, opts, pairs))
+    (RESULTS / f"{stem(opts)}.json").write_text(json.dumps({"settings": vars(opts), "table": table, "paired": pairs, **timing}, indent=2))
+    (RESULTS / f"{stem(opts)}.md").write_text(markdown(table, opts, pairs))
     print(markdown(table, opts, pairs))
 
 
