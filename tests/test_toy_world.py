@@ -55,6 +55,10 @@ def test_world_toy_teacher_picks_the_shipped_6000_step_teacher_and_names_it_in_c
     default_weights, longer_weights = world.teacher.state_dict(), longer.teacher.state_dict()
     assert default_weights.keys() == longer_weights.keys()
     assert any(not torch.equal(default_weights[k], longer_weights[k]) for k in default_weights)
+    # it ships only its UNet: the text stack is the default teacher's, read from there
+    assert sorted(p.name for p in (SHIPPED_ASSETS / "teacher_6000").iterdir() if p.is_dir()) == ["unet"]
+    assert torch.equal(longer.prompts(["a striped red circle"]), world.prompts(["a striped red circle"]))
+    assert longer.scheduler_config == world.scheduler_config
     default_id, longer_id = frozen_identity(WorldConfig()), frozen_identity(cfg)
     assert default_id[0] != longer_id[0] and default_id[1] == longer_id[1]  # same judge, other teacher
 

@@ -42,19 +42,23 @@ class ToyFinetuneData:
         return self.images[indices], [self.captions[i] for i in indices]
 
 
+DEFAULT_TEACHER = "teacher"  # the folder holding the whole stack; other teachers may ship only unet/
+
+
 def load_teacher_stack(folder: Path, device: str | torch.device = "cpu"):
-    from diffusers import UNet2DConditionModel
+    """The UNet from `folder`; the text encoder, tokenizer and scheduler from `folder` where it has them,
+    else from the default teacher beside it (teacher_6000 ships only its UNet: the rest is byte-identical)."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel
 
     if not (folder / "unet").is_dir():
         raise UserError(f"the toy teacher is missing at {folder}; rebuild it with `raybilevel toy build`")
+    part = lambda name: folder / name if (folder / name).is_dir() else folder.parent / DEFAULT_TEACHER / name
     unet = UNet2DConditionModel.from_pretrained(folder / "unet", use_safetensors=True).to(device)
     unet.eval().requires_grad_(False)
-    prompts = PromptEncoder(AutoTokenizer.from_pretrained(folder / "tokenizer"),
-                            CLIPTextModel.from_pretrained(folder / "text_encoder", use_safetensors=True).to(device))
-    from diffusers import DDPMScheduler
-
-    scheduler_config = dict(DDPMScheduler.from_pretrained(folder / "scheduler").config)
+    prompts = PromptEncoder(AutoTokenizer.from_pretrained(part("tokenizer")),
+                            CLIPTextModel.from_pretrained(part("text_encoder"), use_safetensors=True).to(device))
+    scheduler_config = dict(DDPMScheduler.from_pretrained(part("scheduler")).config)
     return unet, prompts, scheduler_config
 
 
