@@ -12,6 +12,27 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+# Files whose tests start or join a Ray cluster: sweeps, Ray Train, job submission, the dashboard probe.
+RAY_FILES = ("test_job_submit.py", "test_ray_train.py", "test_safety.py", "test_tune.py")
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # optional: runs without xdist too
+def pytest_xdist_make_scheduler(config, log):
+    """CI's `-n 2 --dist loadfile`, with the Ray files as one unit: each file runs on one worker (its module
+    fixtures are built once), and the Ray tests run on one worker, one at a time and in file order, as in a
+    serial run: two local Rays on one machine contend for the dashboard's port, and Ray's helpers join the
+    latest-started cluster. (xdist's loadgroup cannot do this: it renames node ids, which pytest 9 ignores.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class RayFilesTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = super()._split_scope(nodeid)
+            return "ray tests" if file.rsplit("/", 1)[-1] in RAY_FILES else file
+
+    return RayFilesTogether(config, log)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def no_writes_to_home(tmp_path_factory):
