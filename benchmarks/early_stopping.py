@@ -5,6 +5,9 @@ For each sampler seed, two sweeps run through the platform (`raybilevel tune`, a
 - halving: the same space with `scheduler: {name: pareto_halving, grace, reduction}` and `--trials-halving`
   trials (more: a halving sweep spends less per trial).
 Both use the same sampler seed (the space's sampler.seed is replaced), so their first trials are the same.
+Before any sweep the distill-only reference of the space's base config (which every sweep plots, and
+which both arms share: its config drops the rungs) is trained once into the reference cache, so no arm's
+clock pays for it; until 2026-12-03 the first full sweep did.
 
 Rule, fixed before the run: for each seed, the halving sweep's time to reach the full sweep's final
 hypervolume (each sweep's clock starts when its first trial starts; a trial's point counts from the moment
@@ -15,7 +18,8 @@ seeds with a 95% t-interval; "never" where the halving sweep did not reach it.
 usage: python benchmarks/early_stopping.py [--seeds 0 1 2] [--trials-full 8] [--trials-halving 16]
        [--grace 0.25] [--reduction 2]
 Results: benchmarks/results/early_stopping.{json,md}; sweeps under runs/benchmarks/early_stopping/ (not in
-git). A finished sweep is kept and read again; an unfinished one is started over, since its timing is the
+git). Other scheduler settings than the defaults name their halving sweeps and results after them
+(`halving_g0.5_r3_t16_s0/`, `early_stopping_g0.5_r3_t16.*`); the full sweeps are shared. A finished sweep is kept and read again; an unfinished one is started over, since its timing is the
 measurement.
 """
 from __future__ import annotations
@@ -41,6 +45,26 @@ RESULTS = ROOT / "benchmarks" / "results"
 SPACE = ROOT / "raybilevel" / "search_spaces" / "toy.yaml"
 
 
+def halving_name(opts: argparse.Namespace) -> str:
+    """`halving` at the default settings, else one that names them: another setting never reuses a sweep."""
+    if (opts.grace, opts.reduction, opts.trials_halving) == (0.25, 2.0, 16):
+        return "halving"
+    return f"halving_g{opts.grace:g}_r{opts.reduction:g}_t{opts.trials_halving}"
+
+
+def warm_reference_cache() -> None:
+    """The base config's references (distill-only run included), computed once into the cache that every
+    sweep of this base config copies from (references.py)."""
+    from raybilevel.references import write_references
+
+    space = load_space(SPACE)
+    write_references(RUNS / "reference_warmup", space.trial_config(space.example_params()))
+
+
+def folder_name(arm: str, opts: argparse.Namespace) -> str:
+    return halving_name(opts) if arm == "halving" else arm
+
+
 def space_file(arm: str, seed: int, opts: argparse.Namespace) -> Path:
     """The default space with this seed (and, for halving, the scheduler and its trial count)."""
     data = yaml.safe_load(SPACE.read_text())
@@ -50,7 +74,7 @@ def space_file(arm: str, seed: int, opts: argparse.Namespace) -> Path:
         data["trials"] = opts.trials_halving
         data["scheduler"] = {"name": "pareto_halving", "grace": opts.grace, "reduction": opts.reduction}
     data["description"] = f"early_stopping benchmark, {arm} arm: toy.yaml, sampler seed {seed}, {data['trials']} trials"
-    path = RUNS / "spaces" / f"{arm}_s{seed}.yaml"
+    path = RUNS / "spaces" / f"{folder_name(arm, opts)}_s{seed}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -62,13 +86,13 @@ def finished(folder: Path, trials: int) -> bool:
 
 
 def run_sweep(arm: str, seed: int, opts: argparse.Namespace) -> Path:
-    folder = RUNS / f"{arm}_s{seed}"
+    folder = RUNS / f"{folder_name(arm, opts)}_s{seed}"
     trials = opts.trials_halving if arm == "halving" else opts.trials_full
     if finished(folder, trials):
         return folder
     shutil.rmtree(folder, ignore_errors=True)  # an interrupted sweep's clock is broken: start it over
     space = space_file(arm, seed, opts)
-    with open(RUNS / f"{arm}_s{seed}.log", "w") as log:
+    with open(RUNS / f"{folder.name}.log", "w") as log:
         subprocess.run([sys.executable, "-m", "raybilevel", "tune", "--space", str(space), "--output", str(folder)],
                        stdout=log, stderr=subprocess.STDOUT, check=True)
     return folder
@@ -93,14 +117,14 @@ def time_to_reach(curve: list[tuple[float, float]], target: float) -> float | No
     return next((t for t, hv in curve if hv >= target - 1e-12), None)
 
 
-def summarise(seeds: list[int]) -> dict:
+def summarise(seeds: list[int], halving_arm: str = "halving") -> dict:
     per_seed = {}
     for seed in seeds:
         full, full_wall = hypervolume_over_time(RUNS / f"full_s{seed}")
-        halving, halving_wall = hypervolume_over_time(RUNS / f"halving_s{seed}")
+        halving, halving_wall = hypervolume_over_time(RUNS / f"{halving_arm}_s{seed}")
         target = full[-1][1]
         reached = time_to_reach(halving, target)
-        records = SweepDir(RUNS / f"halving_s{seed}").records()
+        records = SweepDir(RUNS / f"{halving_arm}_s{seed}").records()
         per_seed[seed] = {"full_hv": target, "full_wall_s": full_wall, "halving_hv": halving[-1][1],
                           "halving_wall_s": halving_wall, "halving_reached_s": reached,
                           "share_of_full_wall": None if reached is None else reached / full_wall,
@@ -141,14 +165,16 @@ def main() -> None:
     parser.add_argument("--summarise-only", action="store_true", help="read the sweeps already run")
     opts = parser.parse_args()
     if not opts.summarise_only:
+        warm_reference_cache()
         for seed in opts.seeds:
             for arm in ("full", "halving"):
                 run_sweep(arm, seed, opts)
                 print(f"{arm} seed {seed}: done", flush=True)
-    summary = summarise(opts.seeds)
+    summary = summarise(opts.seeds, halving_name(opts))
+    stem = "early_stopping" + halving_name(opts).removeprefix("halving")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "early_stopping.json").write_text(json.dumps({"settings": vars(opts), **summary}, indent=2))
-    (RESULTS / "early_stopping.md").write_text(markdown(summary, opts))
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"settings": vars(opts), **summary}, indent=2))
+    (RESULTS / f"{stem}.md").write_text(markdown(summary, opts))
     print(markdown(summary, opts))
 
 

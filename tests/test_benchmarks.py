@@ -100,3 +100,13 @@ def test_early_stopping_reads_hypervolume_against_the_clock_from_the_records(tmp
     assert [t for t, _ in curve] == [30.0, 60.0, 100.0] and wall == 100.0
     assert [hv for _, hv in curve] == pytest.approx([b_alone, both, both])
     assert benchmark.time_to_reach(curve, both) == 60.0 and benchmark.time_to_reach(curve, both + 1) is None
+
+
+def test_early_stopping_names_sweeps_and_results_after_non_default_scheduler_settings():
+    """A second setting must never read back the first one's finished sweeps as its own."""
+    from argparse import Namespace
+
+    benchmark = _load_benchmark("early_stopping")
+    default, second = Namespace(grace=0.25, reduction=2.0, trials_halving=16), Namespace(grace=0.5, reduction=3.0, trials_halving=16)
+    assert benchmark.halving_name(default) == benchmark.folder_name("halving", default) == "halving"
+    assert benchmark.halving_name(second) == "halving_g0.5_r3_t16" and benchmark.folder_name("full", second) == "full"
