@@ -45,9 +45,12 @@ RESULTS = ROOT / "benchmarks" / "results"
 SPACE = ROOT / "raybilevel" / "search_spaces" / "toy.yaml"
 
 
+HALVING_DEFAULTS = {"grace": 0.25, "reduction": 2.0, "trials_halving": 16}  # the first run's settings
+
+
 def halving_name(opts: argparse.Namespace) -> str:
     """`halving` at the default settings, else one that names them: another setting never reuses a sweep."""
-    if (opts.grace, opts.reduction, opts.trials_halving) == (0.25, 2.0, 16):
+    if all(getattr(opts, key) == value for key, value in HALVING_DEFAULTS.items()):
         return "halving"
     return f"halving_g{opts.grace:g}_r{opts.reduction:g}_t{opts.trials_halving}"
 
@@ -56,9 +59,10 @@ def warm_reference_cache() -> None:
     """The base config's references (distill-only run included), computed once into the cache that every
     sweep of this base config copies from (references.py)."""
     from raybilevel.references import write_references
+    from raybilevel.tune import prepare
 
-    space = load_space(SPACE)
-    write_references(RUNS / "reference_warmup", space.trial_config(space.example_params()))
+    space, sweep = prepare(RUNS / "reference_warmup", str(SPACE), check_output=False)  # the CLI's base config
+    write_references(sweep.root, space.trial_config(space.example_params()))
 
 
 def folder_name(arm: str, opts: argparse.Namespace) -> str:
@@ -159,9 +163,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--trials-full", type=int, default=8)
-    parser.add_argument("--trials-halving", type=int, default=16)
-    parser.add_argument("--grace", type=float, default=0.25)
-    parser.add_argument("--reduction", type=float, default=2.0)
+    parser.add_argument("--trials-halving", type=int, default=HALVING_DEFAULTS["trials_halving"])
+    parser.add_argument("--grace", type=float, default=HALVING_DEFAULTS["grace"])
+    parser.add_argument("--reduction", type=float, default=HALVING_DEFAULTS["reduction"])
     parser.add_argument("--summarise-only", action="store_true", help="read the sweeps already run")
     opts = parser.parse_args()
     if not opts.summarise_only:

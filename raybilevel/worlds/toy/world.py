@@ -42,18 +42,18 @@ class ToyFinetuneData:
         return self.images[indices], [self.captions[i] for i in indices]
 
 
-DEFAULT_TEACHER = "teacher"  # the folder holding the whole stack; other teachers may ship only unet/
+TEXT_STACK_TEACHER = "teacher"  # the one folder with the whole stack; other teachers may ship only unet/
 
 
 def load_teacher_stack(folder: Path, device: str | torch.device = "cpu"):
     """The UNet from `folder`; the text encoder, tokenizer and scheduler from `folder` where it has them,
-    else from the default teacher beside it (teacher_6000 ships only its UNet: the rest is byte-identical)."""
+    else from assets/teacher beside it (teacher_6000 ships only its UNet: the rest is byte-identical)."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel
 
     if not (folder / "unet").is_dir():
         raise UserError(f"the toy teacher is missing at {folder}; rebuild it with `raybilevel toy build`")
-    part = lambda name: folder / name if (folder / name).is_dir() else folder.parent / DEFAULT_TEACHER / name
+    part = lambda name: folder / name if (folder / name).is_dir() else folder.parent / TEXT_STACK_TEACHER / name
     unet = UNet2DConditionModel.from_pretrained(folder / "unet", use_safetensors=True).to(device)
     unet.eval().requires_grad_(False)
     prompts = PromptEncoder(AutoTokenizer.from_pretrained(part("tokenizer")),
