@@ -110,3 +110,76 @@ def test_early_stopping_names_sweeps_and_results_after_non_default_scheduler_set
     default, second = Namespace(grace=0.25, reduction=2.0, trials_halving=16), Namespace(grace=0.5, reduction=3.0, trials_halving=16)
     assert benchmark.halving_name(default) == benchmark.folder_name("halving", default) == "halving"
     assert benchmark.halving_name(second) == "halving_g0.5_r3_t16" and benchmark.folder_name("full", second) == "full"
+
+
+def test_tuned_baselines_tunes_each_family_alone_and_selects_its_front(tmp_path):
+    """Each family's selection space searches only its own params; its selected configs are its front,
+    capped greedily by hypervolume, and carry the family's solver into the evaluation grid."""
+    from argparse import Namespace
+
+    import yaml
+
+    from raybilevel.search_space import load_space
+    from raybilevel.trials import TrialRecord
+
+    benchmark = _load_benchmark("tuned_baselines")
+    opts = Namespace(trials=8, eval_seeds=[1, 2, 3])
+    searched = {}
+    for family in ("two_stage", "bome", "adaptive"):
+        (tmp_path / f"{family}.yaml").write_text(yaml.safe_dump(benchmark.family_space(family, opts)))
+        space = load_space(tmp_path / f"{family}.yaml")
+        assert space.trial_config({}).solver.name == family and space.sampler.seed == 0 and space.trials == 8
+        searched[family] = set(space.params)
+    shared = {"lower.lr", "upper.lr", "lower.w_feat"}
+    assert searched == {"two_stage": shared, "bome": shared | {"solver.keep"}, "adaptive": shared | {"solver.K"}}
+
+    def record(name, quality, concept):
+        return TrialRecord(name, {}, {"solver.keep": 0.1}, "bome", status="done",
+                           objectives={"quality": quality, "concept_rate": concept})
+
+    points = [record("a", 0.2, 0.3), record("b", 0.1, 0.5), record("c", 0.3, 0.6), record("d", 0.5, 0.1),
+              record("e", 0.05, 0.9), TrialRecord("f", {}, {}, "bome", status="failed")]
+    chosen = benchmark.select(points, ["quality", "concept_rate"], ["min", "min"], [10.0, 1.0])
+    assert [r.trial_id for r in chosen] == ["d", "a", "b"]  # c is dominated by a; e adds least of the front
+    grid = load_space(_write(tmp_path / "eval.yaml", benchmark.evaluation_space({"bome": chosen}, opts)))
+    assert grid.num_trials == 9
+    config = grid.trial_config({"config": "bome_1", "seed": 2})
+    assert (config.solver.name, config.solver.keep, config.seed) == ("bome", 0.1, 2)
+
+
+def test_tuned_baselines_scores_each_family_by_its_hypervolume_per_evaluation_seed(tmp_path):
+    from argparse import Namespace
+
+    from raybilevel.trials import SweepDir, TrialRecord
+
+    benchmark = _load_benchmark("tuned_baselines")
+    def chosen(name, solver, overrides):  # a selected trial, with its selection-seed objectives
+        return TrialRecord(name, {}, overrides, solver, status="done", objectives={"quality": 0.3, "concept_rate": 0.3})
+
+    selected = {"two_stage": [chosen("t", "two_stage", {"lower.lr": 1e-4})],
+                "bome": [chosen("b0", "bome", {"solver.keep": 0.2}), chosen("b1", "bome", {"solver.keep": 0.5})]}
+    sweep = SweepDir(tmp_path / "evaluate")
+    sweep.root.mkdir()
+    _write(sweep.space_file, benchmark.evaluation_space(selected, Namespace(eval_seeds=[1, 2])))
+    results = {("two_stage_0", 1): (1.0, 0.5), ("two_stage_0", 2): (2.0, 0.5),
+               ("bome_0", 1): (1.0, 0.2), ("bome_0", 2): (1.0, 0.4), ("bome_1", 1): (0.5, 0.6), ("bome_1", 2): None}
+    for (cell, seed), point in results.items():
+        trial = TrialRecord(f"{cell}_{seed}", {"config": cell, "seed": seed}, {}, cell.rsplit("_", 1)[0],
+                            folder=sweep.trial_dir(f"{cell}_{seed}"))
+        trial.finish("done" if point else "failed", dict(zip(("quality", "concept_rate"), point)) if point else {})
+    summary = benchmark.summarise(selected, sweep, [1, 2])
+    two_stage = [9.0 * 0.5, 8.0 * 0.5]
+    bome = [9.0 * 0.8 + (1.0 - 0.5) * 0.4, 9.0 * 0.6]  # seed 1: bome_1 adds the strip quality 0.5-1.0 above concept 0.6
+    assert summary["families"]["two_stage"]["hv_per_seed"] == pytest.approx(two_stage)
+    assert summary["families"]["bome"]["hv_per_seed"] == pytest.approx(bome)
+    difference = summary["differences"]["bome - two_stage"]
+    assert difference["per_seed"] == pytest.approx([b - t for b, t in zip(bome, two_stage)])
+    assert summary["configs"]["bome_1"]["seeds_valid"] == 1 and summary["configs"]["bome_1"]["mean"]["quality"] == 0.5
+    assert "| bome - two_stage |" in benchmark.markdown(summary, Namespace(trials=8))
+
+
+def _write(path: Path, data: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
