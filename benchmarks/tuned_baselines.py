@@ -10,7 +10,7 @@ Rule, written 2026-12-03 before the run:
 - Selection, on training seed 0 (the space's base seed): for each family one MOTPE sweep of the default
   space (toy.yaml: its base config, its equal compute budget, its ranges) with `solver.name` fixed to the
   family and only the family's own params searched; sampler seed 0, 8 trials (4 start-up). A family's
-  selected configs are its sweep's non-dominated trials; if more than 3, the 3 picked greedily by
+  selected configs are its sweep's non-dominated trials; if more than 2, the 2 picked greedily by
   hypervolume contribution.
 - Evaluation: one grid sweep, every selected config x training seeds 1, 2, 3 (the evaluation seed, 1234,
   unchanged). A family's hypervolume at a seed is that of its selected configs' points at that seed (the
@@ -44,7 +44,7 @@ from raybilevel.trials import SweepDir, TrialRecord
 ROOT = Path(__file__).resolve().parent.parent
 SPACE = ROOT / "raybilevel" / "search_spaces" / "toy.yaml"
 BASELINE = "two_stage"
-MAX_SELECTED = 3
+MAX_SELECTED = 2  # 3 families x 2 configs x 3 seeds = 18 evaluation trials: what one 2-core session fits
 
 
 def family_space(family: str, opts: argparse.Namespace) -> dict:
