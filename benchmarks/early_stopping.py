@@ -84,15 +84,10 @@ def space_file(arm: str, seed: int, opts: argparse.Namespace) -> Path:
     return path
 
 
-def finished(folder: Path, trials: int) -> bool:
-    records = SweepDir(folder).records() if (folder / "space.yaml").is_file() else []
-    return len(records) == trials and all(r.status != "running" for r in records) and (folder / "report.html").is_file()
-
-
 def run_sweep(arm: str, seed: int, opts: argparse.Namespace) -> Path:
     folder = RUNS / f"{folder_name(arm, opts)}_s{seed}"
     trials = opts.trials_halving if arm == "halving" else opts.trials_full
-    if finished(folder, trials):
+    if SweepDir(folder).finished(trials):
         return folder
     shutil.rmtree(folder, ignore_errors=True)  # an interrupted sweep's clock is broken: start it over
     space = space_file(arm, seed, opts)

@@ -92,9 +92,7 @@ def evaluation_space(selected: dict[str, list[TrialRecord]], opts: argparse.Name
 def run_sweep(name: str, data: dict, opts: argparse.Namespace) -> SweepDir:
     folder = opts.runs / name
     sweep = SweepDir(folder)
-    records = sweep.records() if sweep.space_file.is_file() else []
-    if (folder / "report.html").is_file() and records and all(r.status != "running" for r in records) \
-            and len(records) == load_space(sweep.space_file).num_trials:
+    if sweep.space_file.is_file() and sweep.finished(load_space(sweep.space_file).num_trials):
         return sweep
     space = opts.runs / "spaces" / f"{name}.yaml"
     space.parent.mkdir(parents=True, exist_ok=True)

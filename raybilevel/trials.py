@@ -62,6 +62,11 @@ class SweepDir:
     def trial_dir(self, trial_id: str) -> Path:
         return self.trials_dir / trial_id
 
+    def finished(self, trials: int) -> bool:
+        """All `trials` trials of the sweep have ended and its report is written (a benchmark reuses it)."""
+        records = self.records() if self.space_file.is_file() else []
+        return len(records) == trials and all(r.status != "running" for r in records) and (self.root / "report.html").is_file()
+
     def records(self) -> list["TrialRecord"]:
         """Every trial that started, in the order they finished (unfinished ones last)."""
         found = [TrialRecord.load(p) for p in sorted(self.trials_dir.glob("*/trial.json"))]

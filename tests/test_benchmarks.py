@@ -183,3 +183,21 @@ def _write(path: Path, data: dict) -> Path:
 
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def test_a_sweep_counts_as_finished_only_with_every_trial_ended_and_its_report(tmp_path):
+    """What early_stopping and tuned_baselines reuse instead of rerunning (SweepDir.finished)."""
+    from raybilevel.trials import SweepDir, TrialRecord
+
+    sweep = SweepDir(tmp_path / "sweep")
+    assert not sweep.finished(1)  # no sweep at all
+    sweep.root.mkdir()
+    sweep.space_file.write_text("name: x\n")
+    record = TrialRecord("a", {}, {}, "bome", folder=sweep.trial_dir("a"))
+    record.save()
+    (sweep.root / "report.html").write_text("<html></html>")
+    assert not sweep.finished(1)  # still running
+    record.finish("stopped", {"quality": 1.0, "concept_rate": 0.5})
+    assert sweep.finished(1) and not sweep.finished(2)
+    (sweep.root / "report.html").unlink()
+    assert not sweep.finished(1)
