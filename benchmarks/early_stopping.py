@@ -19,7 +19,8 @@ usage: python benchmarks/early_stopping.py [--seeds 0 1 2] [--trials-full 8] [--
        [--grace 0.25] [--reduction 2]
 Results: benchmarks/results/early_stopping.{json,md}; sweeps under runs/benchmarks/early_stopping/ (not in
 git). Other scheduler settings than the defaults name their halving sweeps and results after them
-(`halving_g0.5_r3_t16_s0/`, `early_stopping_g0.5_r3_t16.*`); the full sweeps are shared. A finished sweep is kept and read again; an unfinished one is started over, since its timing is the
+(`halving_g0.5_r3_t16_s0/`, `early_stopping_g0.5_r3_t16.*`); full sweeps of the default trial count are
+shared, another count names its own (`full_t32_s0/`, results `..._f32.*`). A finished sweep is kept and read again; an unfinished one is started over, since its timing is the
 measurement.
 """
 from __future__ import annotations
@@ -46,6 +47,7 @@ SPACE = ROOT / "raybilevel" / "search_spaces" / "toy.yaml"
 
 
 HALVING_DEFAULTS = {"grace": 0.25, "reduction": 2.0, "trials_halving": 16}  # the first run's settings
+FULL_TRIALS_DEFAULT = 8  # the default space's trial count
 
 
 def halving_name(opts: argparse.Namespace) -> str:
@@ -65,8 +67,19 @@ def warm_reference_cache() -> None:
     write_references(sweep.root, space.trial_config(space.example_params()))
 
 
+def full_name(opts: argparse.Namespace) -> str:
+    """`full` at the default space's trial count, else one that names it (`full_t32`)."""
+    return "full" if opts.trials_full == FULL_TRIALS_DEFAULT else f"full_t{opts.trials_full}"
+
+
 def folder_name(arm: str, opts: argparse.Namespace) -> str:
-    return halving_name(opts) if arm == "halving" else arm
+    return halving_name(opts) if arm == "halving" else full_name(opts)
+
+
+def results_stem(opts: argparse.Namespace) -> str:
+    """early_stopping[_g.._r.._t..][_f32]: each pair of settings keeps its own results."""
+    full_suffix = "" if opts.trials_full == FULL_TRIALS_DEFAULT else f"_f{opts.trials_full}"
+    return "early_stopping" + halving_name(opts).removeprefix("halving") + full_suffix
 
 
 def space_file(arm: str, seed: int, opts: argparse.Namespace) -> Path:
@@ -116,10 +129,10 @@ def time_to_reach(curve: list[tuple[float, float]], target: float) -> float | No
     return next((t for t, hv in curve if hv >= target - 1e-12), None)
 
 
-def summarise(seeds: list[int], halving_arm: str = "halving") -> dict:
+def summarise(seeds: list[int], halving_arm: str = "halving", full_arm: str = "full") -> dict:
     per_seed = {}
     for seed in seeds:
-        full, full_wall = hypervolume_over_time(RUNS / f"full_s{seed}")
+        full, full_wall = hypervolume_over_time(RUNS / f"{full_arm}_s{seed}")
         halving, halving_wall = hypervolume_over_time(RUNS / f"{halving_arm}_s{seed}")
         target = full[-1][1]
         reached = time_to_reach(halving, target)
@@ -169,8 +182,8 @@ def main() -> None:
             for arm in ("full", "halving"):
                 run_sweep(arm, seed, opts)
                 print(f"{arm} seed {seed}: done", flush=True)
-    summary = summarise(opts.seeds, halving_name(opts))
-    stem = "early_stopping" + halving_name(opts).removeprefix("halving")
+    summary = summarise(opts.seeds, halving_name(opts), full_name(opts))
+    stem = results_stem(opts)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps({"settings": vars(opts), **summary}, indent=2))
     (RESULTS / f"{stem}.md").write_text(markdown(summary, opts))

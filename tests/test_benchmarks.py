@@ -107,9 +107,15 @@ def test_early_stopping_names_sweeps_and_results_after_non_default_scheduler_set
     from argparse import Namespace
 
     benchmark = _load_benchmark("early_stopping")
-    default, second = Namespace(grace=0.25, reduction=2.0, trials_halving=16), Namespace(grace=0.5, reduction=3.0, trials_halving=16)
+    default = Namespace(grace=0.25, reduction=2.0, trials_halving=16, trials_full=8)
+    second = Namespace(grace=0.5, reduction=3.0, trials_halving=16, trials_full=8)
+    longer = Namespace(grace=0.25, reduction=2.0, trials_halving=48, trials_full=32)
     assert benchmark.halving_name(default) == benchmark.folder_name("halving", default) == "halving"
+    assert benchmark.folder_name("full", default) == "full" and benchmark.results_stem(default) == "early_stopping"
     assert benchmark.halving_name(second) == "halving_g0.5_r3_t16" and benchmark.folder_name("full", second) == "full"
+    assert benchmark.results_stem(second) == "early_stopping_g0.5_r3_t16"
+    assert benchmark.folder_name("full", longer) == "full_t32" and benchmark.folder_name("halving", longer) == "halving_g0.25_r2_t48"
+    assert benchmark.results_stem(longer) == "early_stopping_g0.25_r2_t48_f32"
 
 
 def test_tuned_baselines_tunes_each_family_alone_and_selects_its_front(tmp_path):
