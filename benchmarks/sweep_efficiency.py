@@ -9,11 +9,16 @@ run one after another (the default sweep runs two at a time, which gives TPE sli
 
 Target (issue #3): TPE or NSGA-II reaches random search's 32-trial hypervolume within 12 trials.
 
-Trials are shortened with --steps / --samples (stated in the results) so that the whole benchmark fits
-in about an hour on 2 cores; the training seed is fixed, so only the sampler seed varies.
+Trials are shortened with --fraction (of the space's compute budget, or of its steps where it has none)
+and --samples (both stated in the results) so that the whole benchmark fits in about an hour on 2 cores;
+the training seed is fixed, so only the sampler seed varies.
 
-usage: python benchmarks/sweep_efficiency.py [--seeds 0 1 2] [--trials random=32 motpe=16 nsga2=16]
-       [--steps 40] [--samples 32] [--parallel 2]
+Rerun rule, written 2026-12-03 before the run (the first run used FD quality, the old regime and steps):
+`--seeds 0 1 2 --trials random=32 motpe=12 nsga2=12 --fraction 0.333 --samples 32 --parallel 2` on the
+current toy space, its own reference point; the target above, unchanged; spread as 95% t half-widths.
+
+usage: python benchmarks/sweep_efficiency.py [--seeds 0 1 2] [--trials random=32 motpe=12 nsga2=12]
+       [--fraction 0.333] [--samples 32] [--parallel 2]
 Results: benchmarks/results/sweep_efficiency.{json,md}; studies and runs under runs/benchmarks/sweep_efficiency/
 (not in git; an interrupted benchmark continues where it stopped).
 """
@@ -33,6 +38,7 @@ import optuna
 import torch
 
 from raybilevel.config import parse_override
+from raybilevel.metrics import t_halfwidth
 from raybilevel.pareto import hypervolume
 from raybilevel.search_space import SearchSpace, load_space
 from raybilevel.train import train
@@ -50,12 +56,25 @@ def sampler(name: str, seed: int, space: SearchSpace) -> optuna.samplers.BaseSam
     return sampler_for(dataclasses.replace(space.sampler, name=name, seed=seed))
 
 
+def study_folder(name: str, seed: int, opts: argparse.Namespace) -> Path:
+    """One folder per space and shortening: another --fraction never continues this one's studies."""
+    return RUNS / f"{load_space(opts.space).name}_f{opts.fraction:g}" / f"{name}_s{seed}"
+
+
+def shortened_length(space: SearchSpace, fraction: float) -> str:
+    """The override that gives each trial `fraction` of the space's budget (MACs if it has one, else steps)."""
+    train_cfg = space.trial_config(space.example_params()).train
+    if train_cfg.compute_budget > 0:
+        return f"train.compute_budget={train_cfg.compute_budget * fraction:.6g}"
+    return f"train.steps={max(1, round(train_cfg.steps * fraction))}"
+
+
 def run_study(name: str, seed: int, n_trials: int, opts: argparse.Namespace) -> list[dict]:
     """Run (or continue) one study; returns its trials in order as {number, params, values or None}."""
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = load_space(opts.space)
-    folder = RUNS / space.name / f"{name}_s{seed}"
+    folder = study_folder(name, seed, opts)
     folder.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(study_name=f"{name}_s{seed}", storage=f"sqlite:///{folder / 'optuna.db'}",
                                 load_if_exists=True, directions=[f"{mode}imize" for mode in space.objectives.values()],
@@ -65,8 +84,8 @@ def run_study(name: str, seed: int, n_trials: int, opts: argparse.Namespace) -> 
     while len(study.trials) < n_trials:
         trial = study.ask()
         space.define_by_run(trial)
-        shorten = [f"train.steps={opts.steps}", f"eval.n_samples={opts.samples}", "train.checkpoint_every=0",
-                     "train.sample_every=0", "train.eval_every=0"]
+        shorten = [shortened_length(space, opts.fraction), f"eval.n_samples={opts.samples}", "train.checkpoint_every=0",
+                   "train.sample_every=0", "train.eval_every=0"]
         params = trial.params | dict(parse_override(text) for text in shorten)
         run_dir = folder / f"trial_{trial.number:03d}"
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -86,7 +105,7 @@ def run_study(name: str, seed: int, n_trials: int, opts: argparse.Namespace) -> 
 
 def read_study(name: str, seed: int, opts: argparse.Namespace) -> list[dict] | None:
     """The trials a study holds so far (None if it never started): for --summarise-only."""
-    path = RUNS / load_space(opts.space).name / f"{name}_s{seed}" / "optuna.db"
+    path = study_folder(name, seed, opts) / "optuna.db"
     if not path.exists():
         return None
     study = optuna.load_study(study_name=f"{name}_s{seed}", storage=f"sqlite:///{path}")
@@ -117,7 +136,7 @@ def summarise(curves: dict[str, dict[int, list[float]]]) -> dict:
         for n in CHECKPOINTS:
             at_n = [c[n - 1] for c in by_seed.values() if len(c) >= n]
             if at_n:
-                row[f"hv@{n}"] = (statistics.mean(at_n), statistics.stdev(at_n) if len(at_n) > 1 else 0.0)
+                row[f"hv@{n}"] = (statistics.mean(at_n), t_halfwidth(at_n))
         if target is not None:
             row["trials_to_random32"] = {seed: trials_to_reach(c, target) for seed, c in sorted(by_seed.items())}
             mean_curve = [statistics.mean(c[i] for c in by_seed.values()) for i in range(min(map(len, by_seed.values())))]
@@ -128,10 +147,11 @@ def summarise(curves: dict[str, dict[int, list[float]]]) -> dict:
 
 def markdown(summary: dict, opts: argparse.Namespace, space: SearchSpace, reference: list[float]) -> str:
     def fmt(v):
-        return "–" if v is None else f"{v[0]:.0f} ± {v[1]:.0f}"
+        return "–" if v is None else f"{v[0]:.4g} ± {v[1]:.2g}"
 
-    lines = [f"space `{space.name}`, {opts.steps} steps and {opts.samples} eval samples per trial (shortened), "
-             f"sampler seeds {opts.seeds}, reference point {dict(zip(space.objectives, reference))}; mean ± sd over seeds",
+    lines = [f"space `{space.name}`, {opts.fraction:g} of its budget ({shortened_length(space, opts.fraction)}) and "
+             f"{opts.samples} eval samples per trial (shortened), sampler seeds {opts.seeds}, reference point "
+             f"{dict(zip(space.objectives, reference))}; mean ± 95% t half-width over seeds",
              "", "| sampler | " + " | ".join(f"HV@{n}" for n in CHECKPOINTS) + " | trials to random's HV@32 (per seed) | (mean curve) |",
              "|---|" + "---|" * (len(CHECKPOINTS) + 2)]
     for name, row in summary["table"].items():
@@ -143,7 +163,7 @@ def markdown(summary: dict, opts: argparse.Namespace, space: SearchSpace, refere
     target = summary["random_32_trial_hv_mean"]
     if target is not None:
         met = [n for n, r in summary["table"].items() if n != "random" and (r.get("mean_curve_trials_to_random32") or 99) <= 12]
-        lines.append(f"\nrandom search's mean 32-trial hypervolume: {target:.0f}. Target (TPE or NSGA-II reaches it "
+        lines.append(f"\nrandom search's mean 32-trial hypervolume: {target:.4g}. Target (TPE or NSGA-II reaches it "
                      f"within 12 trials, mean curve): {'met by ' + ', '.join(met) if met else 'not met'}.")
     return "\n".join(lines) + "\n"
 
@@ -152,9 +172,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--space", default="toy")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--trials", nargs="+", default=["random=32", "motpe=16", "nsga2=16"],
+    parser.add_argument("--trials", nargs="+", default=["random=32", "motpe=12", "nsga2=12"],
                         help="sampler=trials per study")
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--fraction", type=float, default=0.333, help="of the space's compute budget (or steps) per trial")
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--summarise-only", action="store_true", help="tabulate the studies as they are, run nothing")
