@@ -207,3 +207,28 @@ def test_a_sweep_counts_as_finished_only_with_every_trial_ended_and_its_report(t
     assert sweep.finished(1) and not sweep.finished(2)
     (sweep.root / "report.html").unlink()
     assert not sweep.finished(1)
+
+
+def test_sweep_efficiency_shortens_by_compute_and_counts_trials_to_random_search():
+    """Shortened trials get a fraction of the space's MACs; the hypervolume curve skips failed trials; the
+    table's spread is the 95% t half-width; trials-to-target counts from 1."""
+    from raybilevel.metrics import t_halfwidth
+    from raybilevel.search_space import load_space
+
+    benchmark = _load_benchmark("sweep_efficiency")
+    space = load_space("toy")
+    budget = space.trial_config(space.example_params()).train.compute_budget
+    key, value = benchmark.shortened_length(space, 0.25).split("=")
+    assert key == "train.compute_budget" and float(value) == pytest.approx(budget / 4, rel=1e-5)
+
+    trials = [{"values": [5.0, 0.5]}, {"values": None}, {"values": [1.0, 0.8]}]
+    curve = benchmark.hypervolume_curve(trials, space, [10.0, 1.0])
+    assert curve == pytest.approx([2.5, 2.5, 2.5 + (10 - 1.0) * (1 - 0.8) - (10 - 5.0) * (1 - 0.8)])
+    assert benchmark.trials_to_reach(curve, 2.5) == 1 and benchmark.trials_to_reach(curve, 9.0) is None
+
+    random_curves = {0: [1.0] * 31 + [4.0], 1: [1.0] * 31 + [6.0]}
+    summary = benchmark.summarise({"random": random_curves, "motpe": {0: [2.0, 5.0], 1: [2.0, 4.0]}})
+    assert summary["random_32_trial_hv_mean"] == 5.0
+    assert summary["table"]["random"]["hv@32"] == pytest.approx((5.0, t_halfwidth([4.0, 6.0])))
+    assert summary["table"]["motpe"]["trials_to_random32"] == {0: 2, 1: None}
+    assert summary["table"]["motpe"]["mean_curve_trials_to_random32"] is None  # mean curve 2.0, 4.5
