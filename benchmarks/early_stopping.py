@@ -21,7 +21,9 @@ Results: benchmarks/results/early_stopping.{json,md}; sweeps under runs/benchmar
 git). Other scheduler settings than the defaults name their halving sweeps and results after them
 (`halving_g0.5_r3_t16_s0/`, `early_stopping_g0.5_r3_t16.*`); full sweeps of the default trial count are
 shared, another count names its own (`full_t32_s0/`, results `..._f32.*`). A finished sweep is kept and read again; an unfinished one is started over, since its timing is the
-measurement.
+measurement. Seeds accumulate in the results file: a seed an earlier invocation of the same settings recorded there
+is kept and not run again (its sweeps may be gone: runs/ does not outlive a session, the file is
+committed; move the file aside to measure again), and the summary covers every recorded seed.
 """
 from __future__ import annotations
 
@@ -129,19 +131,38 @@ def time_to_reach(curve: list[tuple[float, float]], target: float) -> float | No
     return next((t for t, hv in curve if hv >= target - 1e-12), None)
 
 
-def summarise(seeds: list[int], halving_arm: str = "halving", full_arm: str = "full") -> dict:
-    per_seed = {}
-    for seed in seeds:
-        full, full_wall = hypervolume_over_time(RUNS / f"{full_arm}_s{seed}")
-        halving, halving_wall = hypervolume_over_time(RUNS / f"{halving_arm}_s{seed}")
-        target = full[-1][1]
-        reached = time_to_reach(halving, target)
-        records = SweepDir(RUNS / f"{halving_arm}_s{seed}").records()
-        per_seed[seed] = {"full_hv": target, "full_wall_s": full_wall, "halving_hv": halving[-1][1],
-                          "halving_wall_s": halving_wall, "halving_reached_s": reached,
-                          "share_of_full_wall": None if reached is None else reached / full_wall,
-                          "stopped": sum(r.status == "stopped" for r in records), "halving_trials": len(records),
-                          "curves": {"full": full, "halving": halving}}
+def seed_row(seed: int, halving_arm: str, full_arm: str) -> dict:
+    """One seed's measurement, read from its two finished sweeps."""
+    full, full_wall = hypervolume_over_time(RUNS / f"{full_arm}_s{seed}")
+    halving, halving_wall = hypervolume_over_time(RUNS / f"{halving_arm}_s{seed}")
+    target = full[-1][1]
+    reached = time_to_reach(halving, target)
+    records = SweepDir(RUNS / f"{halving_arm}_s{seed}").records()
+    return {"full_hv": target, "full_wall_s": full_wall, "halving_hv": halving[-1][1],
+            "halving_wall_s": halving_wall, "halving_reached_s": reached,
+            "share_of_full_wall": None if reached is None else reached / full_wall,
+            "stopped": sum(r.status == "stopped" for r in records), "halving_trials": len(records),
+            "curves": {"full": full, "halving": halving}}
+
+
+SETTINGS = ("trials_full", "trials_halving", "grace", "reduction")  # what makes two results files comparable
+
+
+def recorded_rows(path: Path, opts: argparse.Namespace) -> dict[int, dict]:
+    """Seeds measured by earlier invocations of the same settings (their sweeps may be gone: a session's
+    runs/ does not outlive it, the results file is committed). Another setting's file is an error."""
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    for key in SETTINGS:
+        if data["settings"][key] != getattr(opts, key):
+            raise SystemExit(f"{path}: settings.{key} is {data['settings'][key]}, this run's is "
+                             f"{getattr(opts, key)}; move the file aside or run its settings")
+    return {int(seed): row for seed, row in data["seeds"].items()}
+
+
+def summarise(per_seed: dict[int, dict]) -> dict:
+    per_seed = dict(sorted(per_seed.items()))
     shares = [row["share_of_full_wall"] for row in per_seed.values()]
     known = [s for s in shares if s is not None]
     return {"seeds": per_seed, "share_mean": statistics.fmean(known) if known else None,
@@ -176,16 +197,23 @@ def main() -> None:
     parser.add_argument("--reduction", type=float, default=HALVING_DEFAULTS["reduction"])
     parser.add_argument("--summarise-only", action="store_true", help="read the sweeps already run")
     opts = parser.parse_args()
-    if not opts.summarise_only:
+    stem = results_stem(opts)
+    per_seed = recorded_rows(RESULTS / f"{stem}.json", opts)  # checked before hours of sweeps, not after
+    if opts.summarise_only:  # the sweeps on this machine, else what the results file recorded
+        fresh = [seed for seed in opts.seeds if (RUNS / f"{halving_name(opts)}_s{seed}").exists() or seed not in per_seed]
+    else:
+        fresh = [seed for seed in opts.seeds if seed not in per_seed]
+        print(f"recorded in {stem}.json, kept: {sorted(per_seed)}; to run: {fresh}", flush=True)
         warm_reference_cache()
-        for seed in opts.seeds:
+        for seed in fresh:
             for arm in ("full", "halving"):
                 run_sweep(arm, seed, opts)
                 print(f"{arm} seed {seed}: done", flush=True)
-    summary = summarise(opts.seeds, halving_name(opts), full_name(opts))
-    stem = results_stem(opts)
+    per_seed.update({seed: seed_row(seed, halving_name(opts), full_name(opts)) for seed in fresh})
+    summary = summarise(per_seed)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps({"settings": vars(opts), **summary}, indent=2))
+    settings = {**{key: getattr(opts, key) for key in SETTINGS}, "seeds": list(summary["seeds"])}
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"settings": settings, **summary}, indent=2))
     (RESULTS / f"{stem}.md").write_text(markdown(summary, opts))
     print(markdown(summary, opts))
 

@@ -118,6 +118,33 @@ def test_early_stopping_names_sweeps_and_results_after_non_default_scheduler_set
     assert benchmark.results_stem(longer) == "early_stopping_g0.25_r2_t48_f32"
 
 
+def test_early_stopping_accumulates_seeds_in_its_results_file_and_refuses_another_settings(tmp_path):
+    """A seed measured in an earlier session (its sweeps gone with that session's runs/) stays in the
+    summary; a file written under other settings is never merged."""
+    import json
+    from argparse import Namespace
+
+    benchmark = _load_benchmark("early_stopping")
+    opts = Namespace(grace=0.25, reduction=2.0, trials_halving=48, trials_full=32)
+    assert benchmark.recorded_rows(tmp_path / "absent.json", opts) == {}
+
+    def row(share):
+        return {"share_of_full_wall": share}
+
+    path = tmp_path / "results.json"
+    settings = {"trials_full": 32, "trials_halving": 48, "grace": 0.25, "reduction": 2.0, "seeds": [0, 2]}
+    path.write_text(json.dumps({"settings": settings, "seeds": {"0": row(1.0), "2": row(None)}}))
+    rows = benchmark.recorded_rows(path, opts)
+    rows[1] = row(0.5)
+    summary = benchmark.summarise(rows)
+    assert list(summary["seeds"]) == [0, 1, 2] and summary["never_reached"] == 1
+    assert summary["share_mean"] == pytest.approx(0.75)
+    assert summary["share_ci95_halfwidth"] == pytest.approx(12.706 * 0.5 / 2 ** 0.5 / 2 ** 0.5, rel=1e-3)
+    other = Namespace(grace=0.5, reduction=2.0, trials_halving=48, trials_full=32)
+    with pytest.raises(SystemExit, match="settings.grace is 0.25, this run's is 0.5"):
+        benchmark.recorded_rows(path, other)
+
+
 def test_tuned_baselines_tunes_each_family_alone_and_selects_its_front(tmp_path):
     """Each family's selection space searches only its own params; its selected configs are its front,
     capped greedily by hypervolume, and carry the family's solver into the evaluation grid."""
