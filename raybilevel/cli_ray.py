@@ -25,7 +25,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     stopped = sum(r.status == "stopped" for r in report.records)
     print(f"sweep {space.name}: {len(finished)} of {space.num_trials} trials finished, {len(failed)} failed, "
           + (f"{stopped} stopped early ({space.scheduler.name}; reasons in {sweep.scheduler_log}), " if stopped else "")
-          + f"front of {len(report.front)}, hypervolume {report.hypervolume:.6g} (reference point {space.reference_point})")
+          + f"front of {len(report.front)}; {scores_line(report)}")
     for record in failed:
         print(f"  failed {record.trial_id}: {record.error}")
     if len(finished) < space.num_trials:
@@ -45,10 +45,31 @@ def cmd_report(args: argparse.Namespace) -> int:
     sweep = SweepDir(Path(args.directory))
     if not sweep.space_file.is_file():
         raise UserError(f"{args.directory} holds no sweep (no space.yaml); pass the --output of `raybilevel tune`")
+    if args.reevaluate:
+        from raybilevel.fresh import reevaluate
+
+        write_report(sweep.root)  # the front to re-evaluate
+        reevaluate(sweep.root)
     report = write_report(sweep.root)
-    print(f"{len(report.records)} trials, front of {len(report.front)}, hypervolume {report.hypervolume:.6g}: "
-          f"{sweep.root / 'report.html'}")
+    print(f"{len(report.records)} trials, front of {len(report.front)}, {scores_line(report)}: {sweep.root / 'report.html'}")
     return 0
+
+
+def scores_line(report) -> str:
+    """The normalised hypervolume, the raw one, the endpoint and the fresh values, in one line each part."""
+    norm = report.normalised_hypervolume
+    parts = [f"normalised hypervolume {norm:.4g}" if norm is not None else "normalised hypervolume n/a (no references yet)",
+             f"raw hypervolume {report.hypervolume:.6g}"]
+    for label, found in (("endpoint", report.endpoint), ("fresh endpoint", (report.fresh_summary or {}).get("endpoint"))):
+        if found and found.get("trial_id"):
+            parts.append(f"{label} {found['concept']} {found['concept_value']:.3g} at {found['quality']} "
+                         f"{found['quality_value']:.3g} (within {found['delta']:.2g} of distill-only, {found['trial_id']})")
+        elif found and "threshold" in found:
+            parts.append(f"{label}: no trial within {found['delta']:.2g} of distill-only {found['quality']}")
+    fresh = ((report.fresh_summary or {}).get("normalised") or {}).get("hypervolume")
+    if fresh is not None:
+        parts.append(f"fresh normalised hypervolume {fresh:.4g}")
+    return "; ".join(parts)
 
 
 def add_ray_commands(sub: argparse._SubParsersAction) -> None:
@@ -68,4 +89,7 @@ def add_ray_commands(sub: argparse._SubParsersAction) -> None:
 
     report = sub.add_parser("report", help="rebuild a sweep's report (Pareto front, tables, plots, HTML)")
     report.add_argument("directory", help="the sweep's --output directory")
+    report.add_argument("--reevaluate", action="store_true",
+                        help="first evaluate the front and the references again on the space's fresh eval seed "
+                             "(resumes where a killed one stopped)")
     report.set_defaults(func=cmd_report)

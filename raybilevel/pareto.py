@@ -5,6 +5,8 @@ one rule serves both: a point dominates another if it is no worse in both and be
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Sequence
 
 Point = Sequence[float]
@@ -89,3 +91,47 @@ def hypervolume_contributions(points: Sequence[Point], reference: Point) -> list
     modes = ["min"] * len(reference)
     whole = hypervolume(points, reference, modes)
     return [whole - hypervolume([p for j, p in enumerate(points) if j != i], reference, modes) for i in range(len(points))]
+
+
+@dataclass(frozen=True)
+class Box:
+    """The normalisation box of a comparison: each objective maps to 0 at its `ideal` and 1 at its `nadir`
+    (linearly, or linearly in log(value) where `log`), so min and max objectives alike become "lower is
+    better" and every axis counts in the same units. The hypervolume is then measured against the point
+    (1 + allowance, ...): a trial up to `allowance` of the box worse than the nadir still adds area.
+
+    Args:
+        ideal / nadir: one value per objective, in the objectives' order (nadir != ideal).
+        log: per objective, normalise log(value) (ideal and nadir > 0).
+        allowance: how far past the nadir, in box units, a point still counts.
+    """
+
+    ideal: tuple[float, ...]
+    nadir: tuple[float, ...]
+    log: tuple[bool, ...]
+    allowance: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not len(self.ideal) == len(self.nadir) == len(self.log):
+            raise ValueError("ideal, nadir and log need one entry per objective")
+        for ideal, nadir, log in zip(self.ideal, self.nadir, self.log):
+            if not all(math.isfinite(v) for v in (ideal, nadir)) or ideal == nadir or (log and min(ideal, nadir) <= 0):
+                raise ValueError(f"a box needs finite ideal != nadir (both > 0 on a log axis); got {ideal}, {nadir}")
+
+    @property
+    def reference(self) -> tuple[float, ...]:
+        return (1.0 + self.allowance,) * len(self.ideal)
+
+    def normalise(self, point: Point) -> tuple[float, ...]:
+        """0 at the ideal, 1 at the nadir; a non-positive value on a log axis is infinitely bad."""
+        out = []
+        for value, ideal, nadir, log in zip(point, self.ideal, self.nadir, self.log):
+            if log:
+                out.append(math.inf if value <= 0 else (math.log(value) - math.log(ideal)) / (math.log(nadir) - math.log(ideal)))
+            else:
+                out.append((value - ideal) / (nadir - ideal))
+        return tuple(out)
+
+    def hypervolume(self, points: Sequence[Point]) -> float:
+        """Normalised hypervolume: the box [ideal, nadir] alone is worth 1 in every axis."""
+        return hypervolume([self.normalise(p) for p in points], self.reference, ["min"] * len(self.ideal))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import math
 import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +36,23 @@ def _solver_colours(records: list[TrialRecord]) -> dict[str, Any]:
 
 
 def _axis_label(report: Report, i: int) -> str:
-    return f"{report.objectives[i]} ({'lower' if report.modes[i] == 'min' else 'higher'} is better)"
+    name = report.objectives[i]
+    if _box(report) is not None:
+        box = report.box
+        return (f"{name}, normalised: 0 = {box.ideal[name]:.3g}, 1 = {box.nadir[name]:.3g}"
+                + (" (log)" if box.scale[name] == "log" else "") + ", lower is better")
+    return f"{name} ({'lower' if report.modes[i] == 'min' else 'higher'} is better)"
+
+
+def _box(report: Report):
+    """The normalisation box when the references gave one (every plot is then in box units), else None."""
+    return report.box.box if report.box is not None and report.box.box is not None else None
+
+
+def _coords(report: Report, point: tuple[float, ...]) -> tuple[float, ...]:
+    """Where a point is drawn: in box units (0 ideal, 1 nadir), else as it is."""
+    box = _box(report)
+    return box.normalise(point) if box is not None else tuple(point)
 
 
 def plot_front(report: Report) -> bytes | None:
@@ -48,8 +65,11 @@ def plot_front(report: Report) -> bytes | None:
     fig, axes = plt.subplots(1, len(pairs), figsize=(6.4 + 4.6 * (len(pairs) - 1), 4.8), squeeze=False)
     for ax, pair in zip(axes[0], pairs):
         _draw_pair(ax, report, valid, pair)
-    axes[0][0].set_title(f"{report.space.name}: {len(valid)} trials, hypervolume {report.hypervolume:.4g}\n"
-                         f"reference point {report.reference}", fontsize=10, loc="left")
+    norm = report.normalised_hypervolume
+    title = (f"{report.space.name}: {len(valid)} trials, normalised hypervolume {norm:.4g}" if norm is not None
+             else f"{report.space.name}: {len(valid)} trials, hypervolume {report.hypervolume:.4g} (no box yet)")
+    axes[0][0].set_title(title + f"\nraw hypervolume {report.hypervolume:.4g} against {report.reference}",
+                         fontsize=10, loc="left")
     axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the axes: never over a point
     return _figure_png(fig)
 
@@ -62,41 +82,68 @@ def _draw_pair(ax: Any, report: Report, valid: list[TrialRecord], pair: tuple[in
         for stopped in (False, True):  # trials stopped early (their last evaluation) are drawn hollow
             mine = [r for r in valid if r.solver == solver and (r.status == "stopped") == stopped]
             if mine:
-                xs, ys = zip(*((report.point(r)[i], report.point(r)[j]) for r in mine))
+                xs, ys = zip(*((_coords(report, report.point(r))[i], _coords(report, report.point(r))[j]) for r in mine))
                 ax.scatter(xs, ys, s=30, alpha=0.8, label=label,
                            **({"facecolors": "none", "edgecolors": colour} if stopped else {"color": colour}))
                 label = None
         for record in (r for r in valid if r.solver == solver):  # 95% bootstrap intervals as error bars
-            x, y = report.point(record)[i], report.point(record)[j]
-            spans = [interval(record, report.objectives[k]) for k in pair]
+            x, y = _coords(report, report.point(record))[i], _coords(report, report.point(record))[j]
+            spans = [_span(report, record, k) for k in pair]
             xerr = [[max(0.0, x - spans[0][0])], [max(0.0, spans[0][1] - x)]] if spans[0] else None
             yerr = [[max(0.0, y - spans[1][0])], [max(0.0, spans[1][1] - y)]] if spans[1] else None
             if xerr or yerr:
                 ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt="none", ecolor=colour, alpha=0.5, linewidth=0.8)
-    fx, fy = zip(*((report.point(r)[i], report.point(r)[j]) for r in report.front))
+    fx, fy = zip(*((_coords(report, report.point(r))[i], _coords(report, report.point(r))[j]) for r in report.front))
     ax.scatter(fx, fy, s=140, facecolors="none", edgecolors="black", linewidths=1.5, label="Pareto front")
     if len(report.objectives) == 2:  # a projection of a 3-d front is not a staircase
         ax.step(fx, fy, where="post", color="black", linewidth=0.8)
     if any(r.status == "stopped" for r in valid):
         ax.scatter([], [], s=30, facecolors="none", edgecolors="gray", label="hollow: stopped early")
     for (label, point), marker in zip(report.references.items(), ("*", "P", "D")):
-        ax.scatter(point[i], point[j], marker=marker, s=160, color="dimgray", edgecolors="black", label=label, zorder=3)
+        at = _coords(report, point)
+        if all(math.isfinite(v) and abs(v) < 50 for v in (at[i], at[j])):  # the step-0 student can sit far out
+            ax.scatter(at[i], at[j], marker=marker, s=160, color="dimgray", edgecolors="black", label=label, zorder=3)
+    box = _box(report)
+    if box is not None:  # the box itself and the point the normalised hypervolume is counted to
+        ax.add_patch(plt.Rectangle((0, 0), 1, 1, fill=False, linestyle=":", edgecolor="gray", label="box: ideal to nadir"))
     ax.margins(0.1)
     ax.autoscale(False)  # the reference point is often far out: keep the trials readable, state it below
-    ax.scatter(report.reference[i], report.reference[j], marker="x", color="red", label="reference point", clip_on=True)
+    reference = box.reference if box is not None else report.reference
+    ax.scatter(reference[i], reference[j], marker="x", color="red", clip_on=True,
+               label="normalised reference point" if box is not None else "reference point")
     ax.set_xlabel(_axis_label(report, i))
     ax.set_ylabel(_axis_label(report, j))
 
 
+def _span(report: Report, record: TrialRecord, k: int) -> tuple[float, float] | None:
+    """An objective's 95% interval in the drawn units (a normalised interval keeps its ends in order)."""
+    found = interval(record, report.objectives[k])
+    if found is None or _box(report) is None:
+        return found
+    point = list(report.point(record))
+    ends = []
+    for end in found:
+        point[k] = end
+        ends.append(_coords(report, tuple(point))[k])
+    return (min(ends), max(ends))
+
+
 def plot_hypervolume(report: Report) -> bytes | None:
+    """The normalised hypervolume after each finished trial (the raw one while there is no box), on an axis
+    fitted to its values so that a change shows."""
     if not report.history:
         return None
+    counts, _, raw = zip(*report.history)
+    normalised = report.normalised_history if any(v is not None for v in report.normalised_history) else None
+    volumes = [v if v is not None else 0.0 for v in normalised] if normalised else list(raw)
     fig, ax = plt.subplots(figsize=(6.4, 3.2))
-    counts, _, volumes = zip(*report.history)
     ax.step(counts, volumes, where="post", marker="o", color="black")
+    low, high = min(volumes), max(volumes)
+    pad = (high - low) * 0.1 or max(abs(high) * 0.05, 1e-3)
+    ax.set_ylim(low - pad, high + pad)
     ax.set_xlabel("trials finished")
-    ax.set_ylabel("hypervolume (higher is better)")
-    ax.set_title(f"reference point {report.reference}", fontsize=10)
+    ax.set_ylabel(("normalised " if normalised else "") + "hypervolume (higher is better)")
+    ax.set_title("box: ideal to nadir (scoring.py)" if normalised else f"raw, reference point {report.reference}", fontsize=10)
     return _figure_png(fig)
 
 

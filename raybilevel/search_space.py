@@ -27,6 +27,7 @@ import yaml
 
 from raybilevel.config import Config, config_from_dict, flatten, from_dict, set_path, yaml_where
 from raybilevel.errors import ConfigError, UserError
+from raybilevel.scoring import EndpointSpec, FreshSpec, NormalisationSpec
 from raybilevel.train import METHOD_KEYS, check_names
 
 SPACES_DIR = Path(__file__).resolve().parent / "search_spaces"  # shipped inside the package (wheels too)
@@ -175,7 +176,11 @@ class SearchSpace:
         params: searched keys (see ParamSpec), in the order they are sampled.
         grid: an ablation grid (see GridSpec), run with Tune's grid search.
         objectives: two or three reported metrics and their directions (min or max), for the Pareto front.
-        reference_point: one value per objective, worse than any trial of interest, for the hypervolume.
+        reference_point: one value per objective, worse than any trial of interest, for the raw hypervolume
+            (kept beside the normalised one as a secondary).
+        normalisation: the box of the normalised hypervolume, the one every verdict uses (scoring.py).
+        endpoint: the practitioner's endpoint: the best concept rate at quality within delta of distill-only.
+        fresh: the held-out re-evaluation of the front and the references when the sweep ends.
         sampler: Optuna's sampler (searches only).
         scheduler: early stopping at rungs (see SchedulerSpec); its rungs become train.eval_fractions.
         trials: how many trials a search runs (a grid runs cells x seeds).
@@ -189,6 +194,9 @@ class SearchSpace:
     grid: GridSpec | None = None
     objectives: dict[str, str] = field(default_factory=lambda: {"quality": "min", "concept_rate": "min"})
     reference_point: dict[str, float] = field(default_factory=dict)
+    normalisation: NormalisationSpec = field(default_factory=NormalisationSpec)
+    endpoint: EndpointSpec = field(default_factory=EndpointSpec)
+    fresh: FreshSpec = field(default_factory=FreshSpec)
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
     trials: int = 8
@@ -237,7 +245,9 @@ class SearchSpace:
         """What --dry-run prints: the sweep in a few lines."""
         lines = [f"sweep {self.name}: {self.description}".rstrip(": "),
                  "objectives: " + ", ".join(f"{k} ({v})" for k, v in self.objectives.items())
-                 + f"; hypervolume reference point {self.reference_point}"]
+                 + "; hypervolume normalised (ideal teacher, nadir distill-only; scale "
+                 + ", ".join(f"{k} {self.normalisation.scale.get(k, 'linear')}" for k in self.objectives)
+                 + f"), raw reference point {self.reference_point}"]
         if self.grid:
             lines.append(f"ablation grid: {len(self.grid.cells())} cells x {len(self.grid.seeds)} seeds = {self.num_trials} trials")
             lines += [f"  {name}: {', '.join(levels)}" for name, levels in self.grid.factors.items()]
@@ -314,6 +324,9 @@ def validate(space: SearchSpace) -> SearchSpace:
     _require(set(space.reference_point) == set(space.objectives), "reference_point",
              f"give one value for each objective: {', '.join(space.objectives)}")
     _require(space.trials >= 1 and space.max_concurrent >= 0, "trials", "trials >= 1 and max_concurrent >= 0")
+    space.normalisation.validate("normalisation", space.objectives)
+    space.endpoint.validate("endpoint")
+    space.fresh.validate("fresh")
     space.sampler.validate("sampler")
     space.scheduler.validate("scheduler")
     if space.grid:
@@ -353,6 +366,8 @@ def _check_config(space: SearchSpace, params: dict[str, Any]) -> None:
     cfg = space.trial_config(params)
     check_names(cfg)
     _require(cfg.eval.enabled, "base.eval.enabled", "sweeps read their objectives from the final evaluation; keep it on")
+    _require(not space.fresh.enabled or space.fresh.seed != cfg.eval.seed, "fresh.seed",
+             f"{space.fresh.seed} is the trials' eval.seed: the held-out test needs a seed no trial was selected on")
 
 
 def _check_read_by(space: SearchSpace) -> None:

@@ -30,6 +30,7 @@ from raybilevel.errors import UserError
 from raybilevel.references import forget_failure, mark_failed, write_references
 from raybilevel.hparams import write_hparams
 from raybilevel.report import Report, write_report
+from raybilevel.report_scores import SweepBox
 from raybilevel.schedulers import SCHEDULERS
 from raybilevel.schedulers.tune_adapter import RuleScheduler
 from raybilevel.schedulers.verdicts import AwaitVerdict
@@ -166,7 +167,27 @@ def run_sweep(space: SearchSpace, sweep: SweepDir, *, resume: bool = False) -> R
         ray.get(references)
     except ray.exceptions.RayError as error:  # the trials stand without them; say why in one line
         print(f"[raybilevel] reference points skipped: {str(error).strip().splitlines()[-1][:200]}")
+    if space.fresh.enabled and _all_ended(space, sweep):
+        _reevaluate_front(sweep, example)
     return write_report(sweep.root)
+
+
+def _all_ended(space: SearchSpace, sweep: SweepDir) -> bool:
+    records = sweep.records()
+    return len(records) >= space.num_trials and all(r.status != "running" for r in records)
+
+
+def _reevaluate_front(sweep: SweepDir, example: Config) -> None:
+    """The held-out test (fresh.py), in one trial worker's slot (a GPU on a GPU cluster); a failure leaves the
+    selection values standing and says why in one line."""
+    from raybilevel.fresh import reevaluate
+
+    write_report(sweep.root)  # the front it re-evaluates is the final one
+    print(f"[raybilevel] re-evaluating the front and the references on fresh eval seed {load_space(sweep.space_file).fresh.seed}", flush=True)
+    try:
+        ray.get(ray.remote(**reference_resources(example))(reevaluate).remote(sweep.root.resolve()))
+    except ray.exceptions.RayError as error:
+        print(f"[raybilevel] fresh re-evaluation stopped: {str(error).strip().splitlines()[-1][:200]}")
 
 
 def reference_resources(cfg: Config) -> dict[str, float]:
@@ -205,7 +226,7 @@ def _scheduler(space: SearchSpace, sweep: SweepDir) -> RuleScheduler | None:
     if not spec.rungs:
         return None
     rule = SCHEDULERS.get(spec.name)(space.objectives, space.reference_point, spec.rungs, spec.reduction,
-                                     sweep.scheduler_log.resolve())
+                                     sweep.scheduler_log.resolve(), box=SweepBox(space, sweep.root.resolve()))
     return RuleScheduler(rule, sweep.root.resolve())
 
 
@@ -299,5 +320,8 @@ class ReportEachTrial(tune.Callback):
         if not report.history:
             return
         count, trial_id, volume = report.history[-1]
-        print(f"[raybilevel] {count} trial(s) finished (last {trial_id}); hypervolume {volume:.6g}, "
+        norm = report.normalised_history[-1] if report.normalised_history else None
+        print(f"[raybilevel] {count} trial(s) finished (last {trial_id}); "
+              + (f"normalised hypervolume {norm:.4g}, " if norm is not None else "")
+              + f"raw hypervolume {volume:.6g}, "
               f"front of {len(report.front)}; report: {self.root / 'report.html'}", flush=True)

@@ -101,6 +101,10 @@ GOOD = {"name": "s", "base": {"train": {"steps": 4}}, "reference_point": {"quali
     ({"reference_point": {"quality": 10.0}}, "'reference_point': give one value for each objective"),
     ({"base": {"eval": {"enabled": False}}}, "'base.eval.enabled': sweeps read their objectives"),
     ({"sampler": {"name": "cmaes"}}, "'sampler.name': 'cmaes': use motpe or nsga2"),
+    ({"normalisation": {"scale": {"quality": "cubic"}}}, "'normalisation.scale.quality': 'cubic': use linear or log"),
+    ({"normalisation": {"ideal": {"qualty": 0.0}}}, "'normalisation.ideal': ['qualty'] are not objectives (quality, concept_rate)"),
+    ({"normalisation": {"nadir": {"quality": float("nan")}}}, "'normalisation.nadir.quality': nan is not a finite number"),
+    ({"fresh": {"seed": 1234}}, "'fresh.seed': 1234 is the trials' eval.seed: the held-out test needs a seed no trial was selected on"),
 ])
 def test_a_bad_space_fails_with_one_line_naming_the_key(tmp_path, change, words):
     path = tmp_path / "bad.yaml"
@@ -177,6 +181,7 @@ TINY_SPACE = {
                "lower.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
     "reference_point": {"quality": 1e6, "concept_rate": 1.0},
     "sampler": {"name": "motpe", "startup_trials": 2, "seed": 0},
+    "fresh": {"n_samples": 8},  # the held-out re-evaluation, tiny
     "trials": 3,
 }
 
@@ -262,6 +267,13 @@ def test_an_interrupted_sweep_resumes_and_its_front_is_optunas(tmp_path):
     # the teacher's grid from the noise and prompts of the trials' grids, beside each front trial's
     assert (out / "references" / "teacher_samples.png").is_file()
     assert (out / "report.html").read_text().count('alt="teacher sample grid"') == len(front)
+    # the held-out test: the references and every front trial with a saved student, on the fresh seed
+    summary = json.loads((out / "pareto.json").read_text())
+    fresh = {row["trial_id"]: row for row in summary["fresh"]}
+    assert {"teacher", "student_step_0", "distill_only"} <= set(fresh) and {f["trial_id"] for f in front} <= set(fresh)
+    assert {(row["eval_seed"], row["n_samples"]) for row in fresh.values()} == {(4321, 8)}
+    assert set(summary["normalised"]) >= {"ideal", "nadir", "scale", "hypervolume"}
+    assert "re-evaluating the front and the references on fresh eval seed 4321" in resumed.stdout
 
 
 HALVING_SPACE = TINY_SPACE | {
@@ -329,6 +341,7 @@ GRID_SPACE = {
              "seeds": [0]},
     "reference_point": {"quality": 1e6, "concept_rate": 1.0},
     "scheduler": {"name": "pareto_halving", "grace": 0.5, "reduction": 2},  # grids stop early too
+    "fresh": {"enabled": False},
 }
 
 

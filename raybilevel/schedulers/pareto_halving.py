@@ -4,7 +4,9 @@ Rungs sit at fractions of each trial's run (grace, grace·reduction, ... below 1
 evaluation at or past a rung it has not been judged at, it joins that rung's results and is ranked among
 every trial judged there so far: by non-dominated rank, then (two or three objectives) by exclusive
 hypervolume contribution against the sweep's reference point, or (more) by crowding distance, then by arrival. It
-continues if it sits in the best ceil(n / reduction) of the n; otherwise it stops. As in ASHA, the first
+continues if it sits in the best ceil(n / reduction) of the n; otherwise it stops. Contributions are measured
+in the sweep's normalisation box (scoring.py: the same box as its hypervolume) once its references exist, and
+against the raw reference point before; each decision records which (`box`). As in ASHA, the first
 trials at a rung always continue, and a decision is never revisited.
 
 The decisions are the state: each one is a line of the sweep's scheduler.jsonl, read back on start, so a
@@ -15,10 +17,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from raybilevel.atomic import append_json_line, read_json_lines
-from raybilevel.pareto import crowding_distances, hypervolume_contributions, nondominated_ranks, to_minimise
+from raybilevel.pareto import Box, crowding_distances, hypervolume_contributions, nondominated_ranks, to_minimise
 from raybilevel.schedulers import SCHEDULERS
 
 _EPS = 1e-9  # progress is steps done / total steps: a float
@@ -37,13 +39,15 @@ class Decision:
     kept: int  # how many of the rung's results continue
     of: int  # results at the rung, this one included
     reason: str
+    box: str = "raw"  # "normalised" once the sweep's box was known, else "raw" (the reference point)
 
 
 @SCHEDULERS.register("pareto_halving")
 class ParetoHalving:
     def __init__(self, objectives: dict[str, str], reference_point: dict[str, float], rungs: list[float],
-                 reduction: float, log: Path) -> None:
+                 reduction: float, log: Path, box: Callable[[], Box | None] | None = None) -> None:
         self.objectives, self.rungs, self.reduction, self.log = dict(objectives), list(rungs), reduction, Path(log)
+        self.box = box
         self.reference = to_minimise([reference_point[name] for name in objectives], list(objectives.values()))
         self.decisions: list[Decision] = self._read_log()
 
@@ -81,14 +85,15 @@ class ParetoHalving:
         here = [d for d in self.decisions if d.rung == rung] + [None]  # None: the trial being judged
         vectors = [(d.objectives if d else values) for d in here]
         scored = [i for i, v in enumerate(vectors) if None not in v.values()]
-        points = [to_minimise([vectors[i][name] for name in self.objectives], list(self.objectives.values()))
-                  for i in scored]
+        box = self.box() if self.box is not None else None
+        points = [self._point(vectors[i], box) for i in scored]
+        reference = box.reference if box is not None else self.reference
         ranks = nondominated_ranks(points)
         spread = [0.0] * len(points)
         for rank in set(ranks):
             members = [k for k, r in enumerate(ranks) if r == rank]
             layer = [points[k] for k in members]
-            values_in_layer = (hypervolume_contributions(layer, self.reference) if len(self.objectives) <= 3
+            values_in_layer = (hypervolume_contributions(layer, reference) if len(self.objectives) <= 3
                                else crowding_distances(layer))
             for k, value in zip(members, values_in_layer):
                 spread[k] = value
@@ -106,7 +111,12 @@ class ParetoHalving:
         else:
             reason = f"{where}: non-dominated rank {rank}, place {position} of {n}, {kept} continue"
         return Decision(trial, rung, progress, step, values, stop, rank, position, kept, n,
-                        ("stopped " if stop else "continues ") + reason)
+                        ("stopped " if stop else "continues ") + reason, "normalised" if box is not None else "raw")
+
+    def _point(self, values: dict[str, float], box: Box | None) -> tuple[float, ...]:
+        """Minimise form: in box units when the box is known (ranks are the same either way)."""
+        raw = [values[name] for name in self.objectives]
+        return box.normalise(raw) if box is not None else to_minimise(raw, list(self.objectives.values()))
 
 
 def _finite(value: Any) -> float | None:
